@@ -1,0 +1,47 @@
+# waly: build, run and test.
+#   make run         start a private Postgres (.waly/pg, port 5433) and waly in front of it
+#   make test        install what the tests need, then run them all
+#   make bench       run the benchmarks (bench/run.sh)
+#   make stop        stop the private Postgres
+#   make fmt         format the Rust code
+#   make clean-data  stop the private Postgres and remove .waly/
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := run
+
+PG_DIR := .waly/pg
+PG_PORT := 5433
+# The password of the `postgres` role, in Postgres and for clients of waly.
+export PGPASSWORD ?= postgres
+
+# Tools the Rust test harness uses to drive real clients through waly.
+export WALY_PYTHON := $(CURDIR)/.waly/venv/bin/python
+export WALY_NODE_MODULES := $(CURDIR)/tests/clients/node/node_modules
+
+.PHONY: run test bench stop fmt clean-data
+
+run:
+	scripts/deps.sh build
+	scripts/pg.sh start $(PG_DIR) $(PG_PORT)
+	cargo build
+	@echo
+	@echo "waly: connect to postgres://postgres:$(PGPASSWORD)@127.0.0.1:6432/postgres"
+	@echo
+	WALY_PASSWORD_POSTGRES=$${PGPASSWORD:-postgres} ./target/debug/waly serve --config config/waly.yaml
+
+test:
+	scripts/deps.sh test
+	cargo test --no-fail-fast
+
+bench:
+	bench/run.sh
+
+stop:
+	scripts/pg.sh stop $(PG_DIR)
+
+fmt:
+	cargo fmt
+
+clean-data: stop
+	rm -rf .waly

@@ -1,0 +1,290 @@
+//! Statement classification: read, write, DDL, transaction control, session utility, or unknown.
+//!
+//! Uses pg_query, the real Postgres grammar, and caches results per session by statement text, so a
+//! statement (or a prepared statement) is parsed once. Classification is advisory: the write path must
+//! never rely on it to *miss* a write, because waly's capture triggers see every row change regardless.
+//! This module must never touch the network or the log.
+
+mod cache;
+mod normalize;
+mod stats;
+
+pub use cache::StatementCache;
+pub use stats::{ClassStats, ClassStatsSnapshot};
+
+use pg_query::NodeEnum;
+use pg_query::protobuf::TransactionStmtKind;
+
+/// What one SQL statement does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatementKind {
+    /// Reads data only: SELECT, VALUES, TABLE, SHOW, COPY ... TO, EXPLAIN without ANALYZE.
+    Read,
+    /// Changes rows: INSERT, UPDATE, DELETE, MERGE, TRUNCATE, COPY ... FROM, data-modifying WITH.
+    Write,
+    /// Changes the schema: CREATE, ALTER, DROP, GRANT, COMMENT, SELECT INTO, ...
+    Ddl,
+    /// Transaction control: BEGIN, COMMIT, ROLLBACK, SAVEPOINT, PREPARE TRANSACTION, ...
+    Transaction(TransactionControl),
+    /// Session state or maintenance without data changes: SET, RESET, LISTEN, NOTIFY, PREPARE, VACUUM, ...
+    Session,
+    /// May or may not write and cannot be known from the text: DO, CALL, EXECUTE, unparsable text.
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransactionControl {
+    Begin,
+    Commit,
+    Rollback,
+    Savepoint,
+    Release,
+    RollbackTo,
+    PrepareTransaction,
+    CommitPrepared,
+    RollbackPrepared,
+}
+
+impl StatementKind {
+    /// A short, stable label for logs and counters.
+    pub fn label(self) -> &'static str {
+        match self {
+            StatementKind::Read => "read",
+            StatementKind::Write => "write",
+            StatementKind::Ddl => "ddl",
+            StatementKind::Transaction(_) => "transaction",
+            StatementKind::Session => "session",
+            StatementKind::Unknown => "unknown",
+        }
+    }
+
+    /// True when the statement changes (or may change) data or schema.
+    pub fn may_write(self) -> bool {
+        matches!(
+            self,
+            StatementKind::Write | StatementKind::Ddl | StatementKind::Unknown
+        )
+    }
+}
+
+/// The kinds of the statements in one query string, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classification {
+    pub statements: Vec<StatementKind>,
+}
+
+impl Classification {
+    pub fn may_write(&self) -> bool {
+        self.statements.iter().any(|k| k.may_write())
+    }
+}
+
+/// Parses `sql` and classifies each statement in it. Text Postgres would reject is `Unknown`: Postgres
+/// itself reports the error.
+pub fn classify(sql: &str) -> Classification {
+    let statements = match pg_query::parse(sql, 0) {
+        Ok(parsed) => parsed
+            .protobuf
+            .stmts
+            .iter()
+            .map(|raw| {
+                raw.stmt
+                    .as_ref()
+                    .and_then(|n| n.node.as_ref())
+                    .map_or(StatementKind::Session, kind_of)
+            })
+            .collect(),
+        Err(_) => vec![StatementKind::Unknown],
+    };
+    Classification { statements }
+}
+
+fn kind_of(node: &NodeEnum) -> StatementKind {
+    use StatementKind::*;
+    match node {
+        NodeEnum::SelectStmt(s) => {
+            if s.into_clause.is_some() {
+                Ddl
+            } else if s.with_clause.as_ref().is_some_and(|w| {
+                w.ctes.iter().any(|cte| match &cte.node {
+                    Some(NodeEnum::CommonTableExpr(c)) => c
+                        .ctequery
+                        .as_ref()
+                        .and_then(|q| q.node.as_ref())
+                        .is_some_and(|q| kind_of(q) == Write),
+                    _ => false,
+                })
+            }) {
+                Write
+            } else {
+                Read
+            }
+        }
+        NodeEnum::InsertStmt(_)
+        | NodeEnum::UpdateStmt(_)
+        | NodeEnum::DeleteStmt(_)
+        | NodeEnum::MergeStmt(_)
+        | NodeEnum::TruncateStmt(_) => Write,
+        NodeEnum::CopyStmt(c) => {
+            if c.is_from {
+                Write
+            } else {
+                Read
+            }
+        }
+        NodeEnum::ExplainStmt(e) => {
+            let analyze = e.options.iter().any(|o| match &o.node {
+                Some(NodeEnum::DefElem(d)) if d.defname.eq_ignore_ascii_case("analyze") => !d
+                    .arg
+                    .as_ref()
+                    .and_then(|a| a.node.as_ref())
+                    .is_some_and(is_false),
+                _ => false,
+            });
+            match e.query.as_ref().and_then(|q| q.node.as_ref()) {
+                Some(inner) if analyze => kind_of(inner),
+                _ => Read,
+            }
+        }
+        NodeEnum::VariableShowStmt(_) => Read,
+        NodeEnum::TransactionStmt(t) => Transaction(match t.kind() {
+            TransactionStmtKind::TransStmtBegin | TransactionStmtKind::TransStmtStart => {
+                TransactionControl::Begin
+            }
+            TransactionStmtKind::TransStmtCommit => TransactionControl::Commit,
+            TransactionStmtKind::TransStmtRollback => TransactionControl::Rollback,
+            TransactionStmtKind::TransStmtSavepoint => TransactionControl::Savepoint,
+            TransactionStmtKind::TransStmtRelease => TransactionControl::Release,
+            TransactionStmtKind::TransStmtRollbackTo => TransactionControl::RollbackTo,
+            TransactionStmtKind::TransStmtPrepare => TransactionControl::PrepareTransaction,
+            TransactionStmtKind::TransStmtCommitPrepared => TransactionControl::CommitPrepared,
+            TransactionStmtKind::TransStmtRollbackPrepared => TransactionControl::RollbackPrepared,
+            TransactionStmtKind::Undefined => return Unknown,
+        }),
+        NodeEnum::VariableSetStmt(_)
+        | NodeEnum::DiscardStmt(_)
+        | NodeEnum::ListenStmt(_)
+        | NodeEnum::UnlistenStmt(_)
+        | NodeEnum::NotifyStmt(_)
+        | NodeEnum::PrepareStmt(_)
+        | NodeEnum::DeallocateStmt(_)
+        | NodeEnum::DeclareCursorStmt(_)
+        | NodeEnum::FetchStmt(_)
+        | NodeEnum::ClosePortalStmt(_)
+        | NodeEnum::LockStmt(_)
+        | NodeEnum::LoadStmt(_)
+        | NodeEnum::CheckPointStmt(_)
+        | NodeEnum::VacuumStmt(_)
+        | NodeEnum::ClusterStmt(_)
+        | NodeEnum::ReindexStmt(_)
+        | NodeEnum::ConstraintsSetStmt(_) => Session,
+        NodeEnum::DoStmt(_) | NodeEnum::CallStmt(_) | NodeEnum::ExecuteStmt(_) => Unknown,
+        // Every other top-level statement in the grammar defines or alters objects.
+        _ => Ddl,
+    }
+}
+
+/// `false`, `off`, `0` or `no` as an option argument.
+fn is_false(arg: &NodeEnum) -> bool {
+    match arg {
+        NodeEnum::String(s) => matches!(
+            s.sval.to_ascii_lowercase().as_str(),
+            "false" | "off" | "no" | "0"
+        ),
+        NodeEnum::Boolean(b) => !b.boolval,
+        NodeEnum::Integer(i) => i.ival == 0,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StatementKind::*;
+    use super::*;
+
+    fn one(sql: &str) -> StatementKind {
+        let c = classify(sql);
+        assert_eq!(c.statements.len(), 1, "{sql}");
+        c.statements[0]
+    }
+
+    #[test]
+    fn reads() {
+        for sql in [
+            "select 1",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            "values (1), (2)",
+            "table t",
+            "show search_path",
+            "copy t to stdout",
+            "copy (select 1) to stdout",
+            "explain select * from t",
+            "explain (analyze false) delete from t",
+            "select * from t for update",
+            "with x as (select 1) select * from x",
+        ] {
+            assert_eq!(one(sql), Read, "{sql}");
+        }
+    }
+
+    #[test]
+    fn writes() {
+        for sql in [
+            "insert into t values (1)",
+            "update t set a = 1",
+            "delete from t",
+            "truncate t",
+            "copy t from stdin",
+            "merge into t using s on t.id = s.id when matched then delete",
+            "with d as (delete from t returning *) select * from d",
+            "explain analyze update t set a = 1",
+            "insert into t select * from s on conflict do nothing",
+        ] {
+            assert_eq!(one(sql), Write, "{sql}");
+        }
+    }
+
+    #[test]
+    fn ddl_transactions_session_unknown() {
+        assert_eq!(one("create table t (id int)"), Ddl);
+        assert_eq!(one("alter table t add column b int"), Ddl);
+        assert_eq!(one("drop index i"), Ddl);
+        assert_eq!(one("select * into t2 from t"), Ddl);
+        assert_eq!(one("grant select on t to public"), Ddl);
+        assert_eq!(one("begin"), Transaction(TransactionControl::Begin));
+        assert_eq!(
+            one("start transaction isolation level serializable"),
+            Transaction(TransactionControl::Begin)
+        );
+        assert_eq!(one("commit"), Transaction(TransactionControl::Commit));
+        assert_eq!(
+            one("rollback to savepoint a"),
+            Transaction(TransactionControl::RollbackTo)
+        );
+        assert_eq!(
+            one("prepare transaction 'x'"),
+            Transaction(TransactionControl::PrepareTransaction)
+        );
+        assert_eq!(one("set search_path = a"), Session);
+        assert_eq!(one("listen ch"), Session);
+        assert_eq!(one("vacuum t"), Session);
+        assert_eq!(one("do $$ begin perform 1; end $$"), Unknown);
+        assert_eq!(one("call p()"), Unknown);
+        assert_eq!(one("selec 1"), Unknown);
+    }
+
+    #[test]
+    fn multi_statement_strings_keep_order() {
+        let c = classify("begin; insert into t values (1); commit");
+        assert_eq!(
+            c.statements,
+            vec![
+                Transaction(TransactionControl::Begin),
+                Write,
+                Transaction(TransactionControl::Commit)
+            ]
+        );
+        assert!(c.may_write());
+        assert!(!classify("select 1; select 2").may_write());
+    }
+}

@@ -1,0 +1,344 @@
+//! Configuration: `waly.yaml`, overridden key by key by flags and environment variables.
+//!
+//! This is the only module that knows the file format (serde_yaml stays behind it). Everything is checked
+//! at load time and a bad file is refused with the file, line and what is wrong. Secrets never live in the
+//! file: a user's password is read from the environment variable the file names. This module must never
+//! open sockets or files other than the configuration itself.
+
+mod file;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use thiserror::Error;
+
+pub use file::{AuthMethod, LogFormat};
+
+/// The resolved configuration waly runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub upstream: Upstream,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub shutdown_timeout: Duration,
+    pub tls: Option<TlsSettings>,
+    pub users: Vec<User>,
+    /// Threads serving sessions.
+    pub workers: usize,
+}
+
+/// Where Postgres listens. User and database come from each client's startup message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Upstream {
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Refuse clients that do not negotiate TLS.
+    pub required: bool,
+}
+
+/// A role that may connect through waly.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub method: AuthMethod,
+    /// The role's password: checks the client (unless `trust`) and logs waly into Postgres as the role.
+    pub password: Option<Secret>,
+}
+
+/// A secret that never appears in logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Values given as flags or environment variables; each replaces the file's key of the same name.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub log_format: Option<String>,
+    pub shutdown_timeout_secs: Option<u64>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_required: Option<bool>,
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the configuration file: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{origin}: {message}")]
+    Override {
+        origin: &'static str,
+        message: String,
+    },
+}
+
+/// Loads `path` (or only the defaults and overrides when there is no file) into a [`Config`].
+pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let (label, text) = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.display().to_string(),
+                source,
+            })?;
+            (p.display().to_string(), text)
+        }
+        None => ("<defaults>".to_owned(), String::new()),
+    };
+    let raw = file::parse(&label, &text)?;
+    resolve(raw, overrides, &label, &text, |name| {
+        std::env::var(name).ok()
+    })
+}
+
+fn resolve(
+    raw: file::RawConfig,
+    o: &Overrides,
+    label: &str,
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let at = |needle: &str, message: String| {
+        let (line, column) = file::position_of(text, needle);
+        ConfigError::Invalid {
+            path: label.to_owned(),
+            line,
+            column,
+            message,
+        }
+    };
+
+    let listen = match &o.listen {
+        Some(v) => SocketAddr::from_str(v).map_err(|e| ConfigError::Override {
+            origin: "--listen / WALY_LISTEN",
+            message: format!(
+                "invalid address {v:?}: {e} (expected host:port, for example 127.0.0.1:6432)"
+            ),
+        })?,
+        None => raw.listen,
+    };
+    let upstream = match &o.upstream {
+        Some(v) => parse_upstream(v).map_err(|message| ConfigError::Override {
+            origin: "--upstream / WALY_UPSTREAM",
+            message,
+        })?,
+        None => parse_upstream(&raw.upstream).map_err(|m| at("upstream:", m))?,
+    };
+    let log_format = match &o.log_format {
+        Some(v) => LogFormat::from_str(v).map_err(|message| ConfigError::Override {
+            origin: "--log-format / WALY_LOG_FORMAT",
+            message,
+        })?,
+        None => raw.log_format,
+    };
+
+    let tls = match (
+        o.tls_cert
+            .clone()
+            .or(raw.tls.as_ref().map(|t| t.cert.clone())),
+        o.tls_key
+            .clone()
+            .or(raw.tls.as_ref().map(|t| t.key.clone())),
+    ) {
+        (Some(cert), Some(key)) => Some(TlsSettings {
+            cert,
+            key,
+            required: o
+                .tls_required
+                .or(raw.tls.as_ref().map(|t| t.required))
+                .unwrap_or(false),
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError::Override {
+                origin: "tls",
+                message: "a TLS certificate needs its key and a key its certificate: set both tls.cert and tls.key".into(),
+            });
+        }
+    };
+
+    let mut users = Vec::with_capacity(raw.users.len());
+    for u in raw.users {
+        if users.iter().any(|seen: &User| seen.name == u.name) {
+            return Err(at(
+                &format!("name: {}", u.name),
+                format!("user {:?} is listed twice", u.name),
+            ));
+        }
+        let password = match &u.password_env {
+            Some(var) => Some(Secret::new(env(var).ok_or_else(|| {
+                at(
+                    &format!("password_env: {var}"),
+                    format!("user {:?}: environment variable {var} is not set (it must hold the role's password)", u.name),
+                )
+            })?)),
+            None if u.method != AuthMethod::Trust => {
+                return Err(at(
+                    &format!("name: {}", u.name),
+                    format!("user {:?}: method {} needs password_env, the environment variable holding the password", u.name, u.method),
+                ));
+            }
+            None => None,
+        };
+        users.push(User {
+            name: u.name,
+            method: u.method,
+            password,
+        });
+    }
+
+    Ok(Config {
+        listen,
+        upstream,
+        data_dir: o.data_dir.clone().unwrap_or(raw.data_dir),
+        log_format,
+        shutdown_timeout: Duration::from_secs(
+            o.shutdown_timeout_secs.unwrap_or(raw.shutdown_timeout_secs),
+        ),
+        tls,
+        users,
+        workers: o
+            .workers
+            .or(raw.workers)
+            .filter(|&n| n > 0)
+            .unwrap_or_else(default_workers),
+    })
+}
+
+/// Half the CPUs, at least one: waly usually shares its machine with Postgres or the application, and on
+/// small machines fewer, busier threads relay with less overhead per message than many idle ones.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (usize::from(n) / 2).max(1))
+}
+
+/// Accepts a libpq URL or key=value string; only host and port are used.
+fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    let cfg =
+        tokio_postgres::Config::from_str(s).map_err(|e| format!("invalid upstream {s:?}: {e}"))?;
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(_) => {
+            return Err(format!(
+                "upstream {s:?}: Unix-domain sockets are not supported; use a TCP host"
+            ));
+        }
+        None => "127.0.0.1".to_owned(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    Ok(Upstream { host, port })
+}
+
+impl Config {
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "listen: 127.0.0.1:7000\nupstream: postgres://db.local:5433/app\nusers:\n  - name: app\n    method: scram-sha-256\n    password_env: APP_PW\n";
+
+    fn env(name: &str) -> Option<String> {
+        (name == "APP_PW").then(|| "s3cret".to_owned())
+    }
+
+    fn load_text(text: &str, o: &Overrides) -> Result<Config, ConfigError> {
+        resolve(file::parse("waly.yaml", text)?, o, "waly.yaml", text, env)
+    }
+
+    #[test]
+    fn loads_file_and_applies_overrides() {
+        let c = load_text(GOOD, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(
+            c.upstream,
+            Upstream {
+                host: "db.local".into(),
+                port: 5433
+            }
+        );
+        assert_eq!(
+            c.user("app").unwrap().password.as_ref().unwrap().expose(),
+            "s3cret"
+        );
+        let o = Overrides {
+            listen: Some("127.0.0.1:7001".into()),
+            ..Default::default()
+        };
+        assert_eq!(load_text(GOOD, &o).unwrap().listen.port(), 7001);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_problem() {
+        let bad = GOOD.replace("scram-sha-256", "scram");
+        let e = load_text(&bad, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("waly.yaml:5:"), "{e}");
+        assert!(e.contains("scram"), "{e}");
+
+        let unset = GOOD.replace("APP_PW", "NOPE_PW");
+        let e = load_text(&unset, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("waly.yaml:6:") && e.contains("NOPE_PW is not set"),
+            "{e}"
+        );
+
+        let typo = GOOD.replace("listen:", "lisen:");
+        let e = load_text(&typo, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("waly.yaml:1:") && e.contains("lisen"), "{e}");
+
+        let e = load_text("listen: nowhere\n", &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("waly.yaml:1:"), "{e}");
+    }
+}

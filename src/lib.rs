@@ -1,0 +1,21 @@
+//! waly: a write-ahead log outside Postgres.
+//!
+//! waly speaks the Postgres wire protocol in front of an existing database. Reads pass straight through;
+//! writes are recorded, durably and before they commit, in an external log. The crate is laid out by
+//! concern:
+//!
+//! - [`config`]: `waly.yaml`, flags and environment variables.
+//! - [`wire`]: framing and the few protocol messages waly decodes or raises.
+//! - [`auth`]: client authentication at waly, and waly's login into Postgres.
+//! - [`classify`]: read/write/DDL classification of statements with the real Postgres grammar.
+//! - [`session`]: one client session, from handshake to relay.
+//! - [`server`]: the listener, cancel routing, TLS and graceful shutdown.
+//! - [`telemetry`]: structured logs.
+
+pub mod auth;
+pub mod classify;
+pub mod config;
+pub mod server;
+pub mod session;
+pub mod telemetry;
+pub mod wire;
