@@ -30,9 +30,13 @@ run:
 	@echo
 	WALY_PASSWORD_POSTGRES=$${PGPASSWORD:-postgres} ./target/debug/waly serve --config config/waly.yaml
 
+# The fuzzer runs first so that cargo test's summary closes the output. The test cluster
+# (target/waly-test-pg, started by the Rust harness) is stopped afterwards, pass or fail.
 test:
 	scripts/deps.sh test
-	cargo test --no-fail-fast
+	scripts/fuzz.sh $${FUZZ_SECONDS:-60}
+	status=0; cargo test --no-fail-fast || status=$$?; \
+	  scripts/pg.sh stop target/waly-test-pg >/dev/null 2>&1 || true; exit $$status
 
 bench:
 	bench/run.sh

@@ -7,10 +7,23 @@
 # client sessions. Prints a Markdown report and saves it to
 # bench/results/read-latest.md.
 #
+# For every pgbench run through a proxy, the proxy's CPU time during the run
+# (utime+stime of the whole process, all threads, from /proc/PID/stat) is
+# divided by the transactions pgbench processed: "proxy CPU us/tx". On a
+# small shared machine this is the steadiest figure: it is the CPU the proxy
+# takes away from Postgres and the application for each transaction.
+#
+# With RUNS > 1 the whole set of configurations is run RUNS times (rounds);
+# within a round the three targets are interleaved per configuration, and
+# their order is rotated from one round to the next. The table then shows,
+# per configuration and target, the median of each figure over the rounds.
+#
 # Usage: bench/run.sh            (as root; Postgres and PgBouncer run as `postgres`)
 #
 # Environment knobs:
 #   DURATION     seconds per pgbench run                 (default 15)
+#   RUNS         repetitions of every configuration; the report shows
+#                medians over them                       (default 1)
 #   SCALE        pgbench -i scale factor                 (default 10)
 #   WALY_BIN     waly binary (default target/release/waly, falls back to
 #                target/debug/waly with a warning)
@@ -24,6 +37,7 @@
 set -euo pipefail
 
 DURATION=${DURATION:-15}
+RUNS=${RUNS:-1}
 SCALE=${SCALE:-10}
 WARMUP=${WARMUP:-5}
 IDLE_CONNS=${IDLE_CONNS:-200}
@@ -54,6 +68,9 @@ warn() { printf '[bench %s] WARNING: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die()  { printf '[bench %s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- preflight
+case "$RUNS" in ''|*[!0-9]*|0) die "RUNS must be a positive integer (got '$RUNS')" ;; esac
+case "$DURATION" in ''|*[!0-9]*|0) die "DURATION must be a positive integer of seconds (got '$DURATION')" ;; esac
+CLK_TCK=$(getconf CLK_TCK)
 [ "$(id -u)" -eq 0 ] || die "run as root (Postgres and PgBouncer are started as the postgres user via runuser)"
 id postgres >/dev/null 2>&1 || die "no 'postgres' system user"
 for tool in pgbench psql runuser ss; do
@@ -142,6 +159,54 @@ rss_kib() { # rss_kib PID -> VmRSS in KiB
 }
 
 fmt_mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
+
+# CPU accounting, all in clock ticks (CLK_TCK per second).
+proc_ticks() { # proc_ticks PID [with_children] -> utime+stime (fields 14, 15) [+cutime+cstime (16, 17)]
+    local stat f
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo ""; return 0; }
+    # field 2 (comm) may contain spaces; fields 3.. follow its closing parenthesis
+    read -r -a f <<<"${stat##*) }"
+    if [ "${2:-}" = with_children ]; then
+        echo $((f[11] + f[12] + f[13] + f[14]))
+    else
+        echo $((f[11] + f[12]))
+    fi
+}
+cluster_ticks() { # CPU of our Postgres: postmaster + reaped children + live children
+    local pm t c ct
+    pm=$(head -1 "$PGDATA_DIR/postmaster.pid" 2>/dev/null) || { echo 0; return 0; }
+    t=$(proc_ticks "$pm" with_children); t=${t:-0}
+    for c in $(cat "/proc/$pm/task/$pm/children" 2>/dev/null); do
+        ct=$(proc_ticks "$c"); t=$((t + ${ct:-0}))
+    done
+    echo "$t"
+}
+host_ticks() { # -> "busy total" summed over all CPUs (busy includes steal)
+    awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit }' /proc/stat
+}
+OURS_TICKS=0
+ours_ticks() { # sets OURS_TICKS: CPU of everything this benchmark runs: our Postgres,
+    # both proxies and the children this shell has reaped (pgbench). Call it
+    # directly, not in $(...): `times` must run in this shell, not in a fork.
+    local t p v c
+    t=$(cluster_ticks)
+    for p in "$PGB_PID" "$WALY_PID"; do
+        [ -n "$p" ] || continue
+        v=$(proc_ticks "$p"); t=$((t + ${v:-0}))
+    done
+    times >"$TMP/times.out"
+    c=$(awk -v hz="$CLK_TCK" 'NR == 2 {
+        t = 0
+        for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] }
+        printf "%.0f\n", t * hz
+    }' "$TMP/times.out")
+    OURS_TICKS=$((t + ${c:-0}))
+}
+median() { # median VALUE... -> median (mean of the middle two for an even count), empty if none
+    [ "$#" -gt 0 ] || { echo ""; return 0; }
+    printf '%s\n' "$@" | LC_ALL=C sort -g | awk '{ v[++n] = $1 }
+        END { if (n % 2) printf "%.6f\n", v[(n + 1) / 2]; else printf "%.6f\n", (v[n / 2] + v[n / 2 + 1]) / 2 }'
+}
 
 # ---------------------------------------------------------------- 1. Postgres
 pg_start_inline() {
@@ -238,6 +303,9 @@ log "$PGB_VERSION up (pid $PGB_PID)"
 WALY_OK=0
 WALY_NOTE=""
 WALY_DEBUG_WARNING=""
+WALY_WORKERS=""
+WALY_PROFILE=""
+WALY_BUILT=""
 WALY_EXE=${WALY_BIN:-target/release/waly}
 if [ ! -x "$WALY_EXE" ]; then
     if [ -x target/debug/waly ]; then
@@ -255,6 +323,22 @@ if [ ! -x "$WALY_EXE" ]; then
 fi
 if [ -n "$WALY_EXE" ]; then
     case "$WALY_EXE" in /*) ;; *) WALY_EXE="$REPO_DIR/$WALY_EXE" ;; esac
+    # cargo puts a profile's binaries in target/<dir>/ (or target/<triple>/<dir>/):
+    # dev -> debug, release and bench -> release, a custom profile -> its name
+    WALY_PROFILE_DIR=$(basename "$(dirname "$WALY_EXE")")
+    case "/$(dirname "$(dirname "$WALY_EXE")")/" in
+        */target/*)
+            case "$WALY_PROFILE_DIR" in
+                debug) WALY_PROFILE="dev (unoptimized, target/debug)" ;;
+                *) WALY_PROFILE="$WALY_PROFILE_DIR (target/$WALY_PROFILE_DIR)" ;;
+            esac ;;
+        *) WALY_PROFILE="unknown (binary not under a cargo target/ directory)" ;;
+    esac
+    if [ "$WALY_PROFILE_DIR" = debug ] && [ -z "$WALY_DEBUG_WARNING" ]; then
+        WALY_DEBUG_WARNING="waly binary is a DEBUG build ($WALY_EXE): its numbers are NOT representative; build with 'cargo build --release'"
+        warn "$WALY_DEBUG_WARNING"
+    fi
+    WALY_BUILT=$(date -u -r "$WALY_EXE" '+%Y-%m-%d %H:%M UTC' 2>/dev/null || echo unknown)
     cat > "$TMP/waly.yaml" <<EOF
 listen: 127.0.0.1:$WALY_PORT
 upstream: postgres://127.0.0.1:$PG_PORT
@@ -266,7 +350,9 @@ users:
     password_env: WALY_PASSWORD_POSTGRES
 EOF
     log "starting waly on $WALY_PORT ($WALY_EXE)"
-    WALY_PASSWORD_POSTGRES=$PG_PASSWORD RUST_LOG=warn \
+    # info: waly logs its configuration (e.g. `workers=N`) once at start; it
+    # logs nothing per query at this level
+    WALY_PASSWORD_POSTGRES=$PG_PASSWORD RUST_LOG=info \
         "$WALY_EXE" serve --config "$TMP/waly.yaml" >"$TMP/waly.log" 2>&1 </dev/null &
     WALY_PID=$!
     deadline=$((SECONDS + 10))
@@ -276,7 +362,8 @@ EOF
         sleep 0.25
     done
     if [ "$WALY_OK" -eq 1 ]; then
-        log "waly up (pid $WALY_PID)"
+        WALY_WORKERS=$(sed 's/\x1b\[[0-9;]*m//g' "$TMP/waly.log" | grep -o -m1 'workers=[0-9]*' | head -1 | cut -d= -f2 || true)
+        log "waly up (pid $WALY_PID, ${WALY_WORKERS:-unknown} worker threads, build profile $WALY_PROFILE)"
     else
         if kill -0 "$WALY_PID" 2>/dev/null; then
             WALY_NOTE="waly skipped: started but did not answer an authenticated query on $WALY_PORT within 10 s"
@@ -315,40 +402,119 @@ if [ "$WARMUP" -gt 0 ]; then
     pgbench -S -n -T "$WARMUP" -c 2 -j 2 -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" "$DB" >/dev/null 2>&1 || true
 fi
 
-declare -A TPS P50 P99 NTX
+pid_of() {
+    case "$1" in
+        pgbouncer) echo "$PGB_PID" ;;
+        waly) echo "$WALY_PID" ;;
+        *) echo "" ;;
+    esac
+}
+
+# Per-round values, keyed "proto/clients/target#round"; medians keyed "proto/clients/target".
+declare -A R_TPS R_P50 R_P99 R_CPU R_NTX R_OTHER
+declare -A TPS P50 P99 CPU NOK
 RUN_ERRORS=()
-for proto in simple prepared; do
-    for clients in 1 8; do
-        if [ "$clients" -eq 1 ]; then jobs=1; else jobs=2; fi
-        for target in "${TARGETS[@]}"; do
-            key="$proto/$clients/$target"
-            id="$proto-c$clients-$target"
-            port=$(port_of "$target")
-            log "run $id: pgbench -S -n -M $proto -c $clients -j $jobs -T $DURATION -> $target:$port"
-            rc=0
-            pgbench -S -n -M "$proto" -c "$clients" -j "$jobs" -T "$DURATION" \
-                --log --log-prefix="$LOG_DIR/$id" \
-                -h 127.0.0.1 -p "$port" -U "$PG_USER" "$DB" >"$LOG_DIR/$id.out" 2>&1 || rc=$?
-            tps=$(awk '/^tps = / { print $3; exit }' "$LOG_DIR/$id.out")
-            failed=$(awk -F'[: ]+' '/^number of failed transactions/ { print $5; exit }' "$LOG_DIR/$id.out")
-            shopt -s nullglob
-            logs=("$LOG_DIR/$id".[0-9]*)
-            shopt -u nullglob
-            if [ "$rc" -ne 0 ] || [ -z "$tps" ] || [ "${#logs[@]}" -eq 0 ]; then
-                RUN_ERRORS+=("$id: pgbench exit status $rc: $(grep -m1 -i 'error\|fatal\|abort' "$LOG_DIR/$id.out" || tail -n1 "$LOG_DIR/$id.out")")
-                warn "run $id failed (exit $rc); last lines:"
-                tail -n 5 "$LOG_DIR/$id.out" | sed 's/^/    pgbench| /' >&2
-                TPS[$key]=error
-                continue
-            fi
-            read -r n p50 p99 _mean < <("$BENCH_DIR/latency.sh" "${logs[@]}")
-            TPS[$key]=$tps; P50[$key]=$p50; P99[$key]=$p99; NTX[$key]=$n
-            rm -f "${logs[@]}"
-            if [ "${failed:-0}" != 0 ]; then RUN_ERRORS+=("$id: $failed failed transactions"); fi
-            log "  tps=$tps p50=${p50}ms p99=${p99}ms (n=$n, failed=${failed:-0})"
+OTHER_ALL=()
+OTHER_MAX=0
+OTHER_MAX_ID=""
+
+run_one() { # run_one PROTO CLIENTS TARGET ROUND
+    local proto=$1 clients=$2 target=$3 round=$4
+    local key="$1/$2/$3" id="$1-c$2-$3" rkey="$1/$2/$3#$4"
+    local jobs port pid rc tps ntx failed logs n p50 p99 _mean
+    local cpu0="" cpu1="" h0 h1 t0 t1 ours0 ours1 cpu_us other
+    [ "$RUNS" -gt 1 ] && id="$id-r$round"
+    if [ "$clients" -eq 1 ]; then jobs=1; else jobs=2; fi
+    port=$(port_of "$target")
+    pid=$(pid_of "$target")
+    log "run $id: pgbench -S -n -M $proto -c $clients -j $jobs -T $DURATION -> $target:$port"
+    # snapshot: proxy CPU; host CPU; CPU of everything this benchmark runs
+    # (Postgres, both proxies, pgbench) to estimate the load others put on the host
+    [ -n "$pid" ] && cpu0=$(proc_ticks "$pid")
+    read -r h0 _ < <(host_ticks); t0=$(date +%s.%N)
+    ours_ticks; ours0=$OURS_TICKS
+    rc=0
+    pgbench -S -n -M "$proto" -c "$clients" -j "$jobs" -T "$DURATION" \
+        --log --log-prefix="$LOG_DIR/$id" \
+        -h 127.0.0.1 -p "$port" -U "$PG_USER" "$DB" >"$LOG_DIR/$id.out" 2>&1 || rc=$?
+    sleep 0.2   # let the proxy and Postgres finish tearing the sessions down
+    [ -n "$pid" ] && cpu1=$(proc_ticks "$pid")
+    read -r h1 _ < <(host_ticks); t1=$(date +%s.%N)
+    ours_ticks; ours1=$OURS_TICKS
+    other=$(awk -v b=$((h1 - h0 - (ours1 - ours0))) -v hz="$CLK_TCK" -v a="$t0" -v z="$t1" \
+        'BEGIN { o = b / hz / (z - a); if (o < 0) o = 0; printf "%.2f", o }')
+    R_OTHER[$rkey]=$other
+    OTHER_ALL+=("$other")
+    if awk -v o="$other" -v m="$OTHER_MAX" 'BEGIN { exit !(o > m) }'; then OTHER_MAX=$other; OTHER_MAX_ID=$id; fi
+
+    tps=$(awk '/^tps = / { print $3; exit }' "$LOG_DIR/$id.out")
+    ntx=$(awk -F': *' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$LOG_DIR/$id.out")
+    failed=$(awk -F'[: ]+' '/^number of failed transactions/ { print $5; exit }' "$LOG_DIR/$id.out")
+    shopt -s nullglob
+    logs=("$LOG_DIR/$id".[0-9]*)
+    shopt -u nullglob
+    if [ "$rc" -ne 0 ] || [ -z "$tps" ] || [ "${#logs[@]}" -eq 0 ]; then
+        RUN_ERRORS+=("$id: pgbench exit status $rc: $(grep -m1 -i 'error\|fatal\|abort' "$LOG_DIR/$id.out" || tail -n1 "$LOG_DIR/$id.out")")
+        warn "run $id failed (exit $rc); last lines:"
+        tail -n 5 "$LOG_DIR/$id.out" | sed 's/^/    pgbench| /' >&2
+        R_TPS[$rkey]=error
+        rm -f "${logs[@]}"
+        return 0
+    fi
+    read -r n p50 p99 _mean < <("$BENCH_DIR/latency.sh" "${logs[@]}")
+    rm -f "${logs[@]}"
+    cpu_us=""
+    if [ -n "$cpu0" ] && [ -n "$cpu1" ] && [ "${ntx:-0}" -gt 0 ]; then
+        cpu_us=$(awk -v d=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v n="$ntx" 'BEGIN { printf "%.3f", d / hz * 1e6 / n }')
+    elif [ -n "$pid" ]; then
+        RUN_ERRORS+=("$id: could not read the proxy's CPU time (pid $pid)")
+    fi
+    R_TPS[$rkey]=$tps; R_P50[$rkey]=$p50; R_P99[$rkey]=$p99; R_NTX[$rkey]=${ntx:-$n}; R_CPU[$rkey]=$cpu_us
+    if [ "${failed:-0}" != 0 ]; then RUN_ERRORS+=("$id: $failed failed transactions"); fi
+    log "  tps=$tps p50=${p50}ms p99=${p99}ms (n=${ntx:-?}, logged=$n, failed=${failed:-0})${cpu_us:+ proxy CPU=${cpu_us}us/tx} other host load=${other} cores"
+}
+
+for ((round = 1; round <= RUNS; round++)); do
+    [ "$RUNS" -gt 1 ] && log "round $round of $RUNS"
+    # rotate the target order from round to round so none always runs first
+    order=()
+    for ((i = 0; i < ${#TARGETS[@]}; i++)); do
+        order+=("${TARGETS[$(( (i + round - 1) % ${#TARGETS[@]} ))]}")
+    done
+    for proto in simple prepared; do
+        for clients in 1 8; do
+            for target in "${order[@]}"; do
+                run_one "$proto" "$clients" "$target" "$round"
+            done
         done
     done
 done
+
+# medians over the rounds that succeeded
+for proto in simple prepared; do
+    for clients in 1 8; do
+        for target in "${TARGETS[@]}"; do
+            key="$proto/$clients/$target"
+            v_tps=(); v_p50=(); v_p99=(); v_cpu=()
+            for ((round = 1; round <= RUNS; round++)); do
+                rkey="$key#$round"
+                [ -n "${R_TPS[$rkey]:-}" ] && [ "${R_TPS[$rkey]}" != error ] || continue
+                v_tps+=("${R_TPS[$rkey]}"); v_p50+=("${R_P50[$rkey]}"); v_p99+=("${R_P99[$rkey]}")
+                [ -n "${R_CPU[$rkey]:-}" ] && v_cpu+=("${R_CPU[$rkey]}")
+            done
+            NOK[$key]=${#v_tps[@]}
+            if [ "${#v_tps[@]}" -eq 0 ]; then TPS[$key]=error; continue; fi
+            TPS[$key]=$(median "${v_tps[@]}")
+            P50[$key]=$(median "${v_p50[@]}")
+            P99[$key]=$(median "${v_p99[@]}")
+            CPU[$key]=$(median "${v_cpu[@]+"${v_cpu[@]}"}")
+            if [ "${#v_tps[@]}" -lt "$RUNS" ]; then
+                RUN_ERRORS+=("$proto-c$clients-$target: medians over ${#v_tps[@]} of $RUNS rounds (the others failed)")
+            fi
+        done
+    done
+done
+OTHER_MEDIAN=$(median "${OTHER_ALL[@]+"${OTHER_ALL[@]}"}")
 
 # ---------------------------------------------------------------- 5. idle memory
 # Each idle session is a psql process that connects (full authentication),
@@ -450,17 +616,31 @@ REPORT="$TMP/report.md"
     echo "- cpu: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "- waly git rev: $(git_rev)"
     if [ "$WALY_OK" -eq 1 ]; then
-        echo "- waly binary: ${WALY_EXE#"$REPO_DIR"/}"
+        echo "- waly binary: ${WALY_EXE#"$REPO_DIR"/}, build profile: $WALY_PROFILE, binary modified $WALY_BUILT"
+        if [ -n "$WALY_WORKERS" ]; then
+            echo "- waly worker threads: $WALY_WORKERS (\`workers=$WALY_WORKERS\` in its startup log)"
+        else
+            echo "- waly worker threads: not reported in its startup log"
+        fi
     else
         echo "- waly: not measured (${WALY_NOTE#waly skipped: })"
     fi
     if [ "$WALY_OK" -eq 1 ] && [ -n "$WALY_DEBUG_WARNING" ]; then echo "- **WARNING: $WALY_DEBUG_WARNING**"; fi
     echo "- Postgres $PG_VERSION (direct :$PG_PORT), $PGB_VERSION (session mode, pool 20, :$PGB_PORT), waly (:$WALY_PORT)"
     echo "- pgbench -S (select-only), scale $SCALE, ${DURATION}s per run, TCP 127.0.0.1, scram-sha-256; targets interleaved per configuration"
+    if [ "$RUNS" -gt 1 ]; then
+        echo "- repetitions: $RUNS rounds over all configurations (target order rotated each round); every figure in the table is the median over the $RUNS runs of that configuration and target, the ratio and added p50 are computed from the medians"
+    else
+        echo "- repetitions: 1 (one run per configuration and target; no medians)"
+    fi
     echo "- latency percentiles: nearest-rank over every transaction in the pgbench per-transaction logs (all threads combined)"
+    echo "- proxy CPU µs/tx: user+system CPU time of the whole proxy process (all threads; /proc/PID/stat utime+stime, CLK_TCK $CLK_TCK) from just before pgbench starts to 0.2 s after it exits (so including its connection setup and teardown), divided by the transactions pgbench processed"
+    if [ -n "$OTHER_MEDIAN" ]; then
+        echo "- other load on the host during the runs (host CPU busy incl. steal, minus this benchmark's Postgres, proxies and pgbench): median $(awk -v o="$OTHER_MEDIAN" 'BEGIN { printf "%.2f", o }') cores, max $OTHER_MAX cores (run ${OTHER_MAX_ID:-?}), of $(nproc); host load average at report time $(cut -d' ' -f1-3 /proc/loadavg)"
+    fi
     echo
-    echo "| protocol | clients | target | TPS | ratio vs direct | p50 ms | p99 ms | added p50 vs direct (ms) |"
-    echo "|---|---:|---|---:|---:|---:|---:|---:|"
+    echo "| protocol | clients | target | TPS | ratio vs direct | p50 ms | p99 ms | added p50 vs direct (ms) | proxy CPU µs/tx |"
+    echo "|---|---:|---|---:|---:|---:|---:|---:|---:|"
     for proto in simple prepared; do
         for clients in 1 8; do
             dkey="$proto/$clients/direct"
@@ -468,9 +648,9 @@ REPORT="$TMP/report.md"
                 key="$proto/$clients/$target"
                 tps=${TPS[$key]:-}
                 if [ -z "$tps" ]; then
-                    echo "| $proto | $clients | $target | skipped | - | - | - | - |"
+                    echo "| $proto | $clients | $target | skipped | - | - | - | - | - |"
                 elif [ "$tps" = error ]; then
-                    echo "| $proto | $clients | $target | error | - | - | - | - |"
+                    echo "| $proto | $clients | $target | error | - | - | - | - | - |"
                 else
                     tps_s=$(awk -v t="$tps" 'BEGIN { printf "%.0f", t }')
                     dtps=${TPS[$dkey]:-}
@@ -481,11 +661,51 @@ REPORT="$TMP/report.md"
                     else
                         r="-"; added="-"
                     fi
-                    echo "| $proto | $clients | $target | $tps_s | $r | ${P50[$key]} | ${P99[$key]} | $added |"
+                    p50_s=$(awk -v v="${P50[$key]}" 'BEGIN { printf "%.3f", v }')
+                    p99_s=$(awk -v v="${P99[$key]}" 'BEGIN { printf "%.3f", v }')
+                    if [ "$target" = direct ] || [ -z "${CPU[$key]:-}" ]; then
+                        cpu_s="-"
+                    else
+                        cpu_s=$(awk -v v="${CPU[$key]}" 'BEGIN { printf "%.1f", v }')
+                    fi
+                    echo "| $proto | $clients | $target | $tps_s | $r | $p50_s | $p99_s | $added | $cpu_s |"
                 fi
             done
         done
     done
+    join() { local IFS=,; echo "$*" | sed 's/,/, /g'; }
+    if [ "$RUNS" -gt 1 ]; then
+        echo
+        echo "## Per-round values ($RUNS rounds)"
+        echo
+        echo "Each cell lists round 1, 2, ... in order; \"other load\" is the host CPU (cores) used by processes outside this benchmark during that run."
+        echo
+        echo "| protocol | clients | target | TPS | p50 ms | p99 ms | proxy CPU µs/tx | other load |"
+        echo "|---|---:|---|---|---|---|---|---|"
+        for proto in simple prepared; do
+            for clients in 1 8; do
+                for target in "${TARGETS[@]}"; do
+                    key="$proto/$clients/$target"
+                    c_tps=(); c_p50=(); c_p99=(); c_cpu=(); c_oth=()
+                    for ((round = 1; round <= RUNS; round++)); do
+                        rkey="$key#$round"
+                        c_oth+=("${R_OTHER[$rkey]:--}")
+                        if [ "${R_TPS[$rkey]:-error}" = error ]; then
+                            c_tps+=(error); c_p50+=(-); c_p99+=(-); c_cpu+=(-); continue
+                        fi
+                        c_tps+=("$(awk -v t="${R_TPS[$rkey]}" 'BEGIN { printf "%.0f", t }')")
+                        c_p50+=("${R_P50[$rkey]}"); c_p99+=("${R_P99[$rkey]}")
+                        if [ -n "${R_CPU[$rkey]:-}" ]; then
+                            c_cpu+=("$(awk -v v="${R_CPU[$rkey]}" 'BEGIN { printf "%.1f", v }')")
+                        else
+                            c_cpu+=(-)
+                        fi
+                    done
+                    echo "| $proto | $clients | $target | $(join "${c_tps[@]}") | $(join "${c_p50[@]}") | $(join "${c_p99[@]}") | $(join "${c_cpu[@]}") | $(join "${c_oth[@]}") |"
+                done
+            done
+        done
+    fi
     echo
     echo "## Idle memory ($IDLE_CONNS idle authenticated sessions, VmRSS)"
     echo

@@ -19,7 +19,6 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::auth::AuthCatalog;
 use crate::classify::ClassStats;
@@ -121,11 +120,11 @@ impl Server {
                         let ctx = Arc::clone(&ctx);
                         let session = sessions.track_future(async move {
                             match tokio::net::TcpStream::from_std(stream) {
-                                Ok(stream) => crate::session::serve(stream, peer, ctx).await,
+                                Ok(stream) => crate::session::serve(stream, peer, ctx, span).await,
                                 Err(e) => tracing::warn!(error = %e, "cannot register an accepted connection"),
                             }
                         });
-                        workers.next().spawn(session.instrument(span));
+                        workers.next().spawn(session);
                     }
                     Err(e) => {
                         // Usually EMFILE: out of file descriptors. Back off instead of spinning.

@@ -18,6 +18,7 @@ use pgwire::messages::startup::{
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tracing::Instrument;
 
 use crate::auth::{self, LoginError, encode};
 use crate::classify::StatementCache;
@@ -39,14 +40,22 @@ struct Established {
     database: String,
 }
 
-/// Serves one accepted connection to its end.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {
+/// Serves one accepted connection to its end. The session's span is entered for the handshake and for
+/// each log line, not around the relay: entering a span on every wake-up would cost more than the relay.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ServerContext>,
+    span: tracing::Span,
+) {
     let started = Instant::now();
     let _ = stream.set_nodelay(true);
-    let Some(session) = handshake(stream, peer, &ctx).await else {
+    let Some(session) = handshake(stream, &ctx).instrument(span.clone()).await else {
         return;
     };
-    tracing::debug!(user = %session.user, database = %session.database, tls = session.client.is_tls(), "session started");
+    span.in_scope(|| {
+        tracing::debug!(user = %session.user, database = %session.database, tls = session.client.is_tls(), "session started")
+    });
 
     let Established {
         client,
@@ -58,52 +67,49 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>)
     } = session;
     let tracker = ProtocolTracker::new(StatementCache::new(Arc::clone(&ctx.stats)));
     let (backend_r, backend_w) = backend.into_split();
+    let backend = Backend {
+        read: backend_r,
+        write: backend_w,
+        tracker,
+        cancel_target,
+    };
     let (ending, tracker) = match client {
         ClientStream::Plain(tcp) => {
             let (client_r, client_w) = tcp.into_split();
-            run_relay(
-                client_r,
-                client_w,
-                backend_r,
-                backend_w,
-                tracker,
-                cancel_target,
-                &ctx,
-            )
-            .await
+            run_relay(client_r, client_w, false, backend, &ctx, span.clone()).await
         }
         ClientStream::Tls(tls) => {
             let (client_r, client_w) = tokio::io::split(*tls);
-            run_relay(
-                client_r,
-                client_w,
-                backend_r,
-                backend_w,
-                tracker,
-                cancel_target,
-                &ctx,
-            )
-            .await
+            run_relay(client_r, client_w, true, backend, &ctx, span.clone()).await
         }
     };
     drop(cancel_key);
-    tracing::debug!(
-        %user, %database, ending = ?ending,
-        reads = tracker.0, writes = tracker.1,
-        duration_ms = started.elapsed().as_millis() as u64,
-        "session ended"
-    );
+    span.in_scope(|| {
+        tracing::debug!(
+            %user, %database, %peer, ending = ?ending,
+            reads = tracker.reads, writes = tracker.writes,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "session ended"
+        )
+    });
+}
+
+/// The backend side of a session, handed to the relay.
+struct Backend {
+    read: tokio::net::tcp::OwnedReadHalf,
+    write: tokio::net::tcp::OwnedWriteHalf,
+    tracker: ProtocolTracker,
+    cancel_target: CancelTarget,
 }
 
 async fn run_relay<CR, CW>(
     client_r: CR,
     client_w: CW,
-    backend_r: tokio::net::tcp::OwnedReadHalf,
-    backend_w: tokio::net::tcp::OwnedWriteHalf,
-    tracker: ProtocolTracker,
-    cancel_target: CancelTarget,
+    client_needs_flushing: bool,
+    backend: Backend,
     ctx: &ServerContext,
-) -> (relay::Ending, (u64, u64))
+    span: tracing::Span,
+) -> (relay::Ending, ProtocolTracker)
 where
     CR: tokio::io::AsyncRead + Unpin,
     CW: tokio::io::AsyncWrite + Unpin,
@@ -111,15 +117,17 @@ where
     let mut relay = Relay {
         client_r,
         client_w,
-        backend_r,
-        backend_w,
-        tracker,
-        cancel_target,
+        backend_r: backend.read,
+        backend_w: backend.write,
+        tracker: backend.tracker,
+        cancel_target: backend.cancel_target,
+        client_needs_flushing,
+        span,
         draining: ctx.draining.clone(),
         terminating: ctx.terminating.clone(),
     };
     let ending = relay.run().await;
-    (ending, (relay.tracker.reads, relay.tracker.writes))
+    (ending, relay.tracker)
 }
 
 /// Sends a FATAL error and closes; used while the handshake is still under way.
@@ -131,11 +139,7 @@ async fn refuse(client: &mut ClientStream, error: PgError) {
 
 /// Runs the startup phase. `None` when the connection ended there (a cancel request, a refusal, a client
 /// that left); every refusal has already been sent.
-async fn handshake(
-    stream: TcpStream,
-    peer: SocketAddr,
-    ctx: &ServerContext,
-) -> Option<Established> {
+async fn handshake(stream: TcpStream, ctx: &ServerContext) -> Option<Established> {
     let mut client = ClientStream::Plain(stream);
     let (minor, mut params) = loop {
         let packet = match read_startup_packet(&mut client).await {
@@ -301,7 +305,6 @@ async fn handshake(
     )));
     out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
     client.write_all(&out).await.ok()?;
-    let _ = peer;
     Some(Established {
         client,
         backend: login.stream,

@@ -50,6 +50,10 @@ pub struct Relay<CR, CW> {
     pub backend_w: OwnedWriteHalf,
     pub tracker: ProtocolTracker,
     pub cancel_target: CancelTarget,
+    /// The client writer buffers internally (TLS) and must be flushed once its queue is written.
+    pub client_needs_flushing: bool,
+    /// The session's span, entered only for log lines (see `session::serve`).
+    pub span: tracing::Span,
     pub draining: tokio_util::sync::CancellationToken,
     pub terminating: tokio_util::sync::CancellationToken,
 }
@@ -165,7 +169,7 @@ where
                             }
                             Ok(Scan::NeedMore) => break,
                             Err(e) => {
-                                tracing::error!(error = %e, "Postgres sent an invalid message; closing the session");
+                                self.span.in_scope(|| tracing::error!(error = %e, "Postgres sent an invalid message; closing the session"));
                                 return self.backend_gone(b).await;
                             }
                         }
@@ -175,13 +179,13 @@ where
                     if write_now(&mut self.client_w, &mut b.to_client).is_err() {
                         return self.client_gone().await;
                     }
-                    client_needs_flush |= b.to_client.len() < before;
+                    client_needs_flush |= self.client_needs_flushing && b.to_client.len() < before;
                 }
                 Event::BackendWrote(Ok(n)) => drained(&mut b.to_backend, n),
                 Event::BackendWrote(Err(_)) => return self.backend_gone(b).await,
                 Event::ClientWrote(Ok(n)) => {
                     drained(&mut b.to_client, n);
-                    client_needs_flush = true;
+                    client_needs_flush = self.client_needs_flushing;
                 }
                 Event::ClientWrote(Err(_)) | Event::ClientFlushed(Err(_)) => {
                     return self.client_gone().await;
@@ -196,9 +200,12 @@ where
     /// The client left without Terminate: stop whatever Postgres is doing for it, then end the backend.
     async fn client_gone(&mut self) -> Ending {
         if self.tracker.busy() {
-            tracing::debug!("client left mid-request; cancelling its backend's work");
+            self.span.in_scope(|| {
+                tracing::debug!("client left mid-request; cancelling its backend's work")
+            });
             if let Err(e) = self.cancel_target.cancel().await {
-                tracing::warn!(error = %e, "could not cancel the backend's work");
+                self.span
+                    .in_scope(|| tracing::warn!(error = %e, "could not cancel the backend's work"));
             }
         }
         let _ = tokio::time::timeout(CLOSE_GRACE, self.backend_w.write_all(&TERMINATE)).await;
@@ -208,7 +215,8 @@ where
     /// The backend closed: the client gets what was pending, then Postgres' explanation or waly's.
     async fn backend_gone(&mut self, mut b: Buffers) -> Ending {
         if !self.tracker.backend_fatal {
-            tracing::warn!("the backend connection closed unexpectedly");
+            self.span
+                .in_scope(|| tracing::warn!("the backend connection closed unexpectedly"));
             PgError::fatal(SqlState::CONNECTION_FAILURE, "server closed the connection unexpectedly")
                 .with_detail("This probably means the server terminated abnormally before or while processing the request.")
                 .encode(&mut b.to_client);
@@ -218,7 +226,9 @@ where
     }
 
     async fn protocol_violation(&mut self, e: FrameError, mut b: Buffers) -> Ending {
-        tracing::warn!(error = %e, "client broke the protocol; closing its session");
+        self.span.in_scope(
+            || tracing::warn!(error = %e, "client broke the protocol; closing its session"),
+        );
         let _ = tokio::time::timeout(CLOSE_GRACE, self.backend_w.write_all(&b.to_backend)).await;
         if self.tracker.busy() {
             let _ = self.cancel_target.cancel().await;

@@ -76,12 +76,10 @@ pub async fn read_startup_packet<S: AsyncRead + Unpin>(
 
 /// Decodes a startup packet body (everything after the length word).
 pub fn decode(body: &[u8]) -> Result<StartupPacket, StartupError> {
-    let code = u32::from_be_bytes(
-        body[..4]
-            .try_into()
-            .map_err(|_| StartupError::InvalidLength)?,
-    );
-    let rest = &body[4..];
+    let Some((code, rest)) = body.split_first_chunk::<4>() else {
+        return Err(StartupError::InvalidLength);
+    };
+    let code = u32::from_be_bytes(*code);
     match code {
         SSL_REQUEST_CODE => Ok(StartupPacket::SslRequest),
         GSSENC_REQUEST_CODE => Ok(StartupPacket::GssEncRequest),
@@ -164,6 +162,11 @@ mod tests {
 
     #[test]
     fn refuses_bad_layouts() {
+        assert!(matches!(decode(&[]), Err(StartupError::InvalidLength)));
+        assert!(matches!(
+            decode(&[0, 3, 0]),
+            Err(StartupError::InvalidLength)
+        ));
         let mut b = 196608u32.to_be_bytes().to_vec();
         b.extend_from_slice(b"user\0alice");
         assert!(matches!(decode(&b), Err(StartupError::Layout)));
