@@ -8,6 +8,9 @@
 //! - [`wire`]: framing and the few protocol messages waly decodes or raises.
 //! - [`auth`]: client authentication at waly, and waly's login into Postgres.
 //! - [`classify`]: read/write/DDL classification of statements with the real Postgres grammar.
+//! - [`migrate`]: waly's own schema in the application's database: capture table, triggers, migrations.
+//! - [`log`]: the write-ahead log trait and the embedded file log (segments, group commit, recovery).
+//! - [`record`]: the log record, one JSON envelope per committed write transaction.
 //! - [`session`]: one client session, from handshake to relay.
 //! - [`server`]: the listener, cancel routing, TLS and graceful shutdown.
 //! - [`telemetry`]: structured logs.
@@ -15,6 +18,9 @@
 pub mod auth;
 pub mod classify;
 pub mod config;
+pub mod log;
+pub mod migrate;
+pub mod record;
 pub mod server;
 pub mod session;
 pub mod telemetry;

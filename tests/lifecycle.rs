@@ -325,3 +325,56 @@ fn statements_are_classified_and_counted() {
     assert_eq!(count("unknown"), 1);
     assert_eq!(count("cache_hits"), 0, "each psql run is its own session");
 }
+
+#[test]
+fn waly_migrate_installs_the_schema_once_and_reports_status() {
+    let db = postgres().create_db("migratecli");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("waly.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "upstream: postgres://127.0.0.1:{}\nusers:\n  - name: postgres\n    method: scram-sha-256\n    password_env: WALY_TEST_PW\n",
+            postgres().port
+        ),
+    )
+    .unwrap();
+    let migrate = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_waly"))
+            .args(["migrate", "--config", path_str(&config), "--database", &db])
+            .args(extra)
+            .env("WALY_TEST_PW", PG_PASSWORD)
+            .output()
+            .unwrap()
+    };
+    let pending = migrate(&["--status"]);
+    assert!(
+        !pending.status.success(),
+        "an unmigrated database is not current"
+    );
+    assert!(String::from_utf8_lossy(&pending.stdout).contains("0001_schema.sql  pending"));
+
+    let first = migrate(&[]);
+    let out = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        out.contains("applied 3 migration(s) [1, 2, 3], 0 already present"),
+        "{out}"
+    );
+    let again = migrate(&[]);
+    assert!(
+        String::from_utf8_lossy(&again.stdout)
+            .contains("applied 0 migration(s) [], 3 already present")
+    );
+    let status = migrate(&["--status"]);
+    assert!(status.status.success());
+    assert!(String::from_utf8_lossy(&status.stdout).contains("0003_ddl_capture.sql  applied"));
+    assert_eq!(
+        psql(&postgres().url(&db), "select count(*) from waly.migrations").trim(),
+        "3"
+    );
+}

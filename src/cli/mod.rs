@@ -1,14 +1,14 @@
 //! Subcommands and their flags. Every configuration key can be given as a flag or an environment
 //! variable; flags win over the environment, which wins over the file.
 
+mod migrate;
+mod serve;
+
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use tokio::signal::unix::{SignalKind, signal};
 
-use waly::config::{self, Overrides};
-use waly::server::Server;
+use waly::config::{self, Config, Overrides};
 
 #[derive(Debug, Parser)]
 #[command(name = "waly", version, about = "A write-ahead log outside Postgres")]
@@ -20,11 +20,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Accept Postgres connections and relay them to the upstream database.
-    Serve(ServeArgs),
+    Serve(ConfigArgs),
+    /// Install or upgrade waly's schema (capture table and triggers) in a database.
+    Migrate(migrate::MigrateArgs),
 }
 
+/// The configuration file and the flags that override its keys.
 #[derive(Debug, Args)]
-struct ServeArgs {
+struct ConfigArgs {
     /// Configuration file.
     #[arg(long, short, env = "WALY_CONFIG")]
     config: Option<PathBuf>,
@@ -52,49 +55,43 @@ struct ServeArgs {
     /// Refuse clients that do not use TLS.
     #[arg(long, env = "WALY_TLS_REQUIRED")]
     tls_required: Option<bool>,
-    /// Worker threads serving sessions (default: one per CPU).
+    /// Worker threads serving sessions (default: half the CPUs).
     #[arg(long, env = "WALY_WORKERS")]
     workers: Option<usize>,
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Serve(args) => serve(args),
+impl ConfigArgs {
+    /// Loads the file and applies the flags, then starts logging in the configured format.
+    fn load(self) -> anyhow::Result<Config> {
+        let overrides = Overrides {
+            listen: self.listen,
+            upstream: self.upstream,
+            data_dir: self.data_dir,
+            log_format: self.log_format,
+            shutdown_timeout_secs: self.shutdown_timeout_secs,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            tls_required: self.tls_required,
+            workers: self.workers,
+        };
+        let config = config::load(self.config.as_deref(), &overrides)?;
+        waly::telemetry::init(config.log_format);
+        Ok(config)
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let overrides = Overrides {
-        listen: args.listen,
-        upstream: args.upstream,
-        data_dir: args.data_dir,
-        log_format: args.log_format,
-        shutdown_timeout_secs: args.shutdown_timeout_secs,
-        tls_cert: args.tls_cert,
-        tls_key: args.tls_key,
-        tls_required: args.tls_required,
-        workers: args.workers,
-    };
-    let config = config::load(args.config.as_deref(), &overrides)?;
-    waly::telemetry::init(config.log_format);
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args.load()?),
+        Command::Migrate(args) => migrate::run(args),
+    }
+}
 
-    // This runtime only accepts connections and waits for signals; sessions run on the worker threads.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// A runtime for commands that are not `serve`.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let server = Server::bind(config).await?;
-        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-        server
-            .run(async move {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = int.recv() => tracing::info!("SIGINT received"),
-                }
-            })
-            .await;
-        anyhow::Ok(())
-    })
+        .context("cannot start the async runtime")
 }

@@ -1,0 +1,26 @@
+//! The migrations compiled into the binary: the files of `migrations/`, in version order, so `waly` needs no
+//! files at run time. Adding a migration is adding a file there and a line here.
+
+use super::Migration;
+
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "schema",
+        sql: include_str!("../../migrations/0001_schema.sql"),
+        requires_superuser: false,
+    },
+    Migration {
+        version: 2,
+        name: "capture",
+        sql: include_str!("../../migrations/0002_capture.sql"),
+        requires_superuser: false,
+    },
+    Migration {
+        version: 3,
+        name: "ddl_capture",
+        sql: include_str!("../../migrations/0003_ddl_capture.sql"),
+        // Creates event triggers.
+        requires_superuser: true,
+    },
+];
