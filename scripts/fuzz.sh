@@ -51,10 +51,16 @@ seed ssl '\x04\xd2\x16\x2f'
 started=$(mktemp)
 trap 'rm -f "$started"' EXIT
 status=0
+# libFuzzer reports every new input it keeps; that goes to a file, and only the summary (or, on a
+# failure, the end of the report) is printed.
+report=fuzz/frames.log
+echo "fuzz.sh: fuzzing the frames target for ${duration}s (report: $report)"
 RUSTC_BOOTSTRAP=1 cargo fuzz run frames -- \
-  -max_total_time="$duration" -rss_limit_mb=1024 -timeout=10 -print_final_stats=1 || status=$?
+  -max_total_time="$duration" -rss_limit_mb=1024 -timeout=10 -print_final_stats=1 >"$report" 2>&1 || status=$?
+grep -E '^(stat::number_of_executed_units|stat::average_exec_per_sec|Done)' "$report" || true
 
 if ((status != 0)); then
+  tail -n 60 "$report" >&2
   echo >&2
   echo "fuzz.sh: the frames target failed (exit $status). Inputs saved:" >&2
   find fuzz/artifacts/frames -type f -newer "$started" -printf '  %p\n' >&2 2>/dev/null || true

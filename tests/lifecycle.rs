@@ -378,3 +378,60 @@ fn waly_migrate_installs_the_schema_once_and_reports_status() {
         "3"
     );
 }
+
+#[tokio::test]
+async fn waly_log_tail_and_show_read_the_log_while_it_is_open_for_writing() {
+    use waly::log::{FileLog, FileLogConfig, Log};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = FileLog::open(FileLog::dir_in(&data), FileLogConfig::default()).unwrap();
+    for n in 1..=3 {
+        let record = format!(
+            r#"{{"format":1,"txid":"{n}00","gid":"waly_{n}00","committed_at":"2026-11-23T10:00:0{n}.000000Z",
+            "session":{{"user":"app","database":"shop","client_addr":"127.0.0.1:5000"}},
+            "statements":[{{"sql":"insert into t values ({n})"}}],
+            "changes":[{{"kind":"insert","schema":"public","table":"t","pk":{{"id":{n}}},"new":{{"id":{n},"amount":1.000000000000000000000000000001}}}}]}}"#
+        );
+        log.append(record.into_bytes().into()).await.unwrap();
+    }
+    let config = dir.path().join("waly.yaml");
+    std::fs::write(&config, format!("data_dir: {}\n", data.display())).unwrap();
+    let waly = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_waly"))
+            .arg("log")
+            .args(args)
+            .args(["--config", path_str(&config)])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = waly(&["tail", "-n", "2", "--json"]);
+    assert!(ok, "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["position"], 2);
+    assert_eq!(lines[1]["record"]["txid"], "300");
+    assert!(
+        stdout.contains("1.000000000000000000000000000001"),
+        "row images keep every digit: {stdout}"
+    );
+
+    let (ok, stdout, _) = waly(&["show", "1"]);
+    assert!(ok);
+    assert!(
+        stdout.contains("app@shop") && stdout.contains("insert public.t pk={\"id\":1}"),
+        "{stdout}"
+    );
+    let (ok, _, stderr) = waly(&["show", "9"]);
+    assert!(
+        !ok && stderr.contains("no record at position 9: the log ends at 3"),
+        "{stderr}"
+    );
+}

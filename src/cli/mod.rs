@@ -1,6 +1,7 @@
 //! Subcommands and their flags. Every configuration key can be given as a flag or an environment
 //! variable; flags win over the environment, which wins over the file.
 
+mod log;
 mod migrate;
 mod serve;
 
@@ -23,40 +24,42 @@ enum Command {
     Serve(ConfigArgs),
     /// Install or upgrade waly's schema (capture table and triggers) in a database.
     Migrate(migrate::MigrateArgs),
+    /// Read the embedded log.
+    Log(log::LogArgs),
 }
 
 /// The configuration file and the flags that override its keys.
 #[derive(Debug, Args)]
 struct ConfigArgs {
     /// Configuration file.
-    #[arg(long, short, env = "WALY_CONFIG")]
+    #[arg(long, short, env = "WALY_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Address to listen on, host:port.
-    #[arg(long, env = "WALY_LISTEN")]
+    #[arg(long, env = "WALY_LISTEN", global = true)]
     listen: Option<String>,
     /// Postgres to relay to, as a libpq URL or key=value string (host and port are used).
-    #[arg(long, env = "WALY_UPSTREAM")]
+    #[arg(long, env = "WALY_UPSTREAM", global = true)]
     upstream: Option<String>,
     /// Directory for waly's own data.
-    #[arg(long, env = "WALY_DATA_DIR")]
+    #[arg(long, env = "WALY_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
     /// human or json.
-    #[arg(long, env = "WALY_LOG_FORMAT")]
+    #[arg(long, env = "WALY_LOG_FORMAT", global = true)]
     log_format: Option<String>,
     /// Seconds sessions get to finish after SIGTERM.
-    #[arg(long, env = "WALY_SHUTDOWN_TIMEOUT_SECS")]
+    #[arg(long, env = "WALY_SHUTDOWN_TIMEOUT_SECS", global = true)]
     shutdown_timeout_secs: Option<u64>,
     /// TLS certificate chain (PEM).
-    #[arg(long, env = "WALY_TLS_CERT")]
+    #[arg(long, env = "WALY_TLS_CERT", global = true)]
     tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
-    #[arg(long, env = "WALY_TLS_KEY")]
+    #[arg(long, env = "WALY_TLS_KEY", global = true)]
     tls_key: Option<PathBuf>,
     /// Refuse clients that do not use TLS.
-    #[arg(long, env = "WALY_TLS_REQUIRED")]
+    #[arg(long, env = "WALY_TLS_REQUIRED", global = true)]
     tls_required: Option<bool>,
     /// Worker threads serving sessions (default: half the CPUs).
-    #[arg(long, env = "WALY_WORKERS")]
+    #[arg(long, env = "WALY_WORKERS", global = true)]
     workers: Option<usize>,
 }
 
@@ -84,6 +87,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args.load()?),
         Command::Migrate(args) => migrate::run(args),
+        Command::Log(args) => log::run(args),
     }
 }
 

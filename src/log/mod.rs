@@ -4,10 +4,13 @@
 //! the types it speaks ([`Position`], [`Entry`], [`LogStats`], [`LogError`]) and the embedded file backend
 //! ([`file`]). A Kafka backend implements the same trait, so nothing here may mention files, segments or
 //! fsync in its contract beyond "durable". This module must never know about Postgres, sessions or what a
-//! record contains: a payload is opaque bytes here.
+//! record contains: a payload is opaque bytes here. The one exception is [`inspect`], the presentation
+//! behind `waly log tail` and `waly log show`, which renders payloads as [`crate::record::Record`]s; it sits
+//! on top of the log, and nothing else in this module may depend on it or on the record.
 
 mod error;
 pub mod file;
+pub mod inspect;
 
 use std::fmt;
 
@@ -15,7 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use error::LogError;
-pub use file::{FileLog, FileLogConfig, RecoveryReport, TailCut};
+pub use file::{FileLog, FileLogConfig, FileLogReader, RecoveryReport, TailCut};
 
 /// A record's place in the log: dense, starting at 1, strictly increasing; the total order of records.
 /// `Position(0)` means "before the first record" (the end of an empty log).

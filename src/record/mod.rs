@@ -5,8 +5,16 @@
 //! in execution order), plus who did it. It must never depend on a log backend: the log stores opaque
 //! bytes, and the position and append time of a record come from the log entry that holds it.
 
+mod capture;
+
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
+
+pub use capture::{CAPTURE_COLUMNS, changes_from_capture, changes_from_capture_text};
+
+/// A row image or key as JSON text, exactly as Postgres rendered it: never parsed into numbers, so a
+/// `1e-30` or a 30-digit numeric is carried digit for digit.
+pub type Json = Box<RawValue>;
 
 /// The envelope version this build writes. Readers accept every version up to this one.
 pub const FORMAT_VERSION: u32 = 1;
@@ -50,28 +58,34 @@ pub struct Statement {
     pub params: Vec<Option<String>>,
 }
 
-/// One effect of the transaction.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+/// One effect of the transaction. Equality compares images by their JSON text.
+///
+/// Read through [`ChangeFields`]: serde buffers an internally tagged enum's fields, and a buffered value
+/// can no longer become a [`RawValue`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", try_from = "ChangeFields")]
 pub enum Change {
     Insert {
         schema: String,
         table: String,
-        pk: Option<Value>,
-        new: Value,
+        #[serde(default)]
+        pk: Option<Json>,
+        new: Json,
     },
     Update {
         schema: String,
         table: String,
-        pk: Option<Value>,
-        old: Value,
-        new: Value,
+        #[serde(default)]
+        pk: Option<Json>,
+        old: Json,
+        new: Json,
     },
     Delete {
         schema: String,
         table: String,
-        pk: Option<Value>,
-        old: Value,
+        #[serde(default)]
+        pk: Option<Json>,
+        old: Json,
     },
     Truncate {
         schema: String,
@@ -84,6 +98,151 @@ pub enum Change {
     },
 }
 
+/// Every field a change may have, `kind` deciding which are required.
+#[derive(Deserialize)]
+struct ChangeFields {
+    kind: String,
+    schema: Option<String>,
+    table: Option<String>,
+    #[serde(default)]
+    pk: Option<Json>,
+    old: Option<Json>,
+    new: Option<Json>,
+    tag: Option<String>,
+    #[serde(default)]
+    object: Option<String>,
+    sql: Option<String>,
+}
+
+impl TryFrom<ChangeFields> for Change {
+    type Error = String;
+
+    fn try_from(f: ChangeFields) -> Result<Change, String> {
+        fn need<T>(value: Option<T>, kind: &str, field: &str) -> Result<T, String> {
+            value.ok_or_else(|| format!("a change of kind {kind:?} needs the field {field:?}"))
+        }
+        let k = f.kind.as_str();
+        Ok(match k {
+            "insert" => Change::Insert {
+                schema: need(f.schema, k, "schema")?,
+                table: need(f.table, k, "table")?,
+                pk: f.pk,
+                new: need(f.new, k, "new")?,
+            },
+            "update" => Change::Update {
+                schema: need(f.schema, k, "schema")?,
+                table: need(f.table, k, "table")?,
+                pk: f.pk,
+                old: need(f.old, k, "old")?,
+                new: need(f.new, k, "new")?,
+            },
+            "delete" => Change::Delete {
+                schema: need(f.schema, k, "schema")?,
+                table: need(f.table, k, "table")?,
+                pk: f.pk,
+                old: need(f.old, k, "old")?,
+            },
+            "truncate" => Change::Truncate {
+                schema: need(f.schema, k, "schema")?,
+                table: need(f.table, k, "table")?,
+            },
+            "ddl" => Change::Ddl {
+                tag: need(f.tag, k, "tag")?,
+                object: f.object,
+                sql: need(f.sql, k, "sql")?,
+            },
+            other => return Err(format!("unknown change kind {other:?}")),
+        })
+    }
+}
+
+impl PartialEq for Change {
+    fn eq(&self, other: &Change) -> bool {
+        fn text(j: &Json) -> &str {
+            j.get()
+        }
+        fn key(k: &Option<Json>) -> Option<&str> {
+            k.as_deref().map(RawValue::get)
+        }
+        use Change::*;
+        match (self, other) {
+            (
+                Insert {
+                    schema: s,
+                    table: t,
+                    pk: k,
+                    new: n,
+                },
+                Insert {
+                    schema: s2,
+                    table: t2,
+                    pk: k2,
+                    new: n2,
+                },
+            ) => s == s2 && t == t2 && key(k) == key(k2) && text(n) == text(n2),
+            (
+                Update {
+                    schema: s,
+                    table: t,
+                    pk: k,
+                    old: o,
+                    new: n,
+                },
+                Update {
+                    schema: s2,
+                    table: t2,
+                    pk: k2,
+                    old: o2,
+                    new: n2,
+                },
+            ) => {
+                s == s2
+                    && t == t2
+                    && key(k) == key(k2)
+                    && text(o) == text(o2)
+                    && text(n) == text(n2)
+            }
+            (
+                Delete {
+                    schema: s,
+                    table: t,
+                    pk: k,
+                    old: o,
+                },
+                Delete {
+                    schema: s2,
+                    table: t2,
+                    pk: k2,
+                    old: o2,
+                },
+            ) => s == s2 && t == t2 && key(k) == key(k2) && text(o) == text(o2),
+            (
+                Truncate {
+                    schema: s,
+                    table: t,
+                },
+                Truncate {
+                    schema: s2,
+                    table: t2,
+                },
+            ) => s == s2 && t == t2,
+            (
+                Ddl {
+                    tag: g,
+                    object: o,
+                    sql: q,
+                },
+                Ddl {
+                    tag: g2,
+                    object: o2,
+                    sql: q2,
+                },
+            ) => g == g2 && o == o2 && q == q2,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("the record is not valid JSON for format {FORMAT_VERSION}: {0}")]
@@ -92,6 +251,8 @@ pub enum RecordError {
         "the record has format {0}, newer than this waly understands ({FORMAT_VERSION}); upgrade waly to read it"
     )]
     TooNew(u32),
+    #[error("capture row {seq} cannot become a change: {reason}")]
+    Capture { seq: String, reason: String },
 }
 
 impl Record {
@@ -123,9 +284,13 @@ impl Record {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::Value;
 
     use super::*;
+
+    fn raw(text: &str) -> Json {
+        RawValue::from_string(text.into()).unwrap()
+    }
 
     fn sample() -> Record {
         Record {
@@ -152,21 +317,21 @@ mod tests {
                 Change::Insert {
                     schema: "public".into(),
                     table: "t".into(),
-                    pk: Some(json!({"id": 1})),
-                    new: json!({"id": 1}),
+                    pk: Some(raw(r#"{"id": 1}"#)),
+                    new: raw(r#"{"id": 1}"#),
                 },
                 Change::Update {
                     schema: "public".into(),
                     table: "t".into(),
-                    pk: Some(json!({"id": 1})),
-                    old: json!({"id": 1}),
-                    new: json!({"id": 2}),
+                    pk: Some(raw(r#"{"id": 1}"#)),
+                    old: raw(r#"{"id": 1}"#),
+                    new: raw(r#"{"id": 2}"#),
                 },
                 Change::Delete {
                     schema: "public".into(),
                     table: "t".into(),
                     pk: None,
-                    old: json!({"id": 2}),
+                    old: raw(r#"{"id": 2}"#),
                 },
                 Change::Truncate {
                     schema: "public".into(),
@@ -192,6 +357,40 @@ mod tests {
         assert_eq!(v["changes"][1]["pk"]["id"], 1);
         assert_eq!(v["changes"][0]["kind"], "ddl");
         assert_eq!(v["statements"][0]["params"][1], Value::Null);
+    }
+
+    #[test]
+    fn images_keep_every_digit() {
+        let mut r = sample();
+        let image = r#"{"id": 1, "tiny": 1e-30, "wide": 123456789012345678901234567890.000000000000000000001, "f": "NaN"}"#;
+        r.changes = vec![Change::Insert {
+            schema: "public".into(),
+            table: "t".into(),
+            pk: Some(raw(r#"{"id": 1}"#)),
+            new: raw(image),
+        }];
+        let bytes = r.to_json();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains(image), "{text}");
+        match &Record::from_json(&bytes).unwrap().changes[0] {
+            Change::Insert { new, .. } => assert_eq!(new.get(), image),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_or_null_pk_reads_as_none() {
+        let json = br#"{"format":1,"txid":"1","gid":"g","committed_at":"t",
+            "session":{"user":"u","database":"d","client_addr":"a"},"statements":[],
+            "changes":[{"kind":"delete","schema":"s","table":"t","old":{"a":1}},
+                       {"kind":"delete","schema":"s","table":"t","pk":null,"old":{"a":1}}]}"#;
+        let r = Record::from_json(json).unwrap();
+        for change in &r.changes {
+            assert!(
+                matches!(change, Change::Delete { pk: None, .. }),
+                "{change:?}"
+            );
+        }
     }
 
     #[test]

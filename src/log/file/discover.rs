@@ -42,15 +42,15 @@ pub fn io_error(path: &Path, what: &str) -> impl Fn(io::Error) -> LogError {
     move |e| LogError::from_io(&context, &e)
 }
 
-/// Checks that `segment` starts right after `previous` ends.
-pub fn check_continuity(previous: Option<&Segment>, segment: &Segment) -> Result<(), LogError> {
-    match previous {
-        Some(p) if segment.first != p.last + 1 => Err(corrupt(
+/// Checks that `segment` starts right after the segment before it, which ends at `previous_last`.
+pub fn check_continuity(previous_last: Option<u64>, segment: &Segment) -> Result<(), LogError> {
+    match previous_last {
+        Some(last) if segment.first != last + 1 => Err(corrupt(
             &segment.path,
             0,
             format!(
-                "segment starts at position {} but the one before it ends at {}",
-                segment.first, p.last
+                "segment starts at position {} but the one before it ends at {last}",
+                segment.first
             ),
         )),
         _ => Ok(()),
@@ -107,7 +107,12 @@ pub struct SegmentScan {
 }
 
 /// Scans a whole segment, building its index, up to the first invalid record.
-pub fn scan_segment(path: &Path, first: u64, len: u64, every: u64) -> Result<SegmentScan, LogError> {
+pub fn scan_segment(
+    path: &Path,
+    first: u64,
+    len: u64,
+    every: u64,
+) -> Result<SegmentScan, LogError> {
     scan_records(
         path,
         SEGMENT_HEADER_LEN,

@@ -1,15 +1,19 @@
 //! The embedded file log: segmented append-only files in `<data_dir>/log/`, written by one thread with
 //! group commit, a CRC32C per record, a sparse index per segment, and recovery that cuts a torn tail.
 //!
-//! Owns the log directory exclusively (an advisory lock on `LOCK` keeps a second process out). Appends go
-//! to the writer thread ([`writer`]); reads and time look-ups run on tokio's blocking pool against the
-//! durable prefix ([`read`]); opening runs [`recovery`]. This module must never acknowledge a record before
-//! its fsync returned, never drop a record that later intact data proves was acknowledged, and never
-//! rewrite bytes below a segment's durable length.
+//! A [`FileLog`] owns the log directory exclusively (an advisory lock on `LOCK` keeps a second writer out).
+//! Appends go to the writer thread ([`writer`]); reads and time look-ups run on tokio's blocking pool
+//! against the durable prefix ([`read`]); opening runs [`recovery`]. Read-only tools open a
+//! [`FileLogReader`] instead ([`reader`]): no lock, no writes, the same reading code over a segment table
+//! it re-discovers from the files. This module must never acknowledge a record before its fsync returned,
+//! never drop a record that later intact data proves was acknowledged, and never rewrite bytes below a
+//! segment's durable length.
 
+mod discover;
 mod format;
 mod index;
 mod read;
+mod reader;
 mod recovery;
 mod scan;
 mod segment;
@@ -18,25 +22,28 @@ mod tests;
 #[cfg(test)]
 mod tests_disk;
 #[cfg(test)]
+mod tests_reader;
+#[cfg(test)]
 mod tests_recovery;
 mod writer;
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::thread;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+pub use reader::FileLogReader;
 pub use recovery::{RecoveryReport, TailCut};
 
 use super::{Entry, Log, LogError, LogStats, Position};
 use format::{MAX_PAYLOAD, SEGMENT_HEADER_LEN};
 use index::Sampler;
-use segment::{Segment, sync_dir};
+use segment::{SegmentTable, sync_dir};
 use writer::{Request, Writer};
 
 /// Tuning of the file log. Out-of-range values are clamped at open.
@@ -65,10 +72,9 @@ impl Default for FileLogConfig {
 
 /// State shared by the writer and readers.
 struct Shared {
-    dir: PathBuf,
-    /// Every segment in position order; the last one is active. Locked only briefly, never across I/O.
-    segments: RwLock<Vec<Segment>>,
-    /// The last durable position, published after `segments` is updated.
+    /// Every segment in position order; the last one is active.
+    table: SegmentTable,
+    /// The last durable position, published after `table` is updated.
     end: AtomicU64,
     stats: Counters,
 }
@@ -150,9 +156,8 @@ impl FileLog {
             "opened the log");
 
         let shared = Arc::new(Shared {
-            dir: dir.clone(),
             end: AtomicU64::new(active.last),
-            segments: RwLock::new(recovered.segments),
+            table: SegmentTable::new(dir.clone(), recovered.segments),
             stats: Counters::default(),
         });
         let (active_first, durable_len, next_position, last_entry) = writer_state;
@@ -186,9 +191,15 @@ impl FileLog {
         })
     }
 
+    /// Opens the log in `dir` for reading only, alongside a writer that may be appending to it: takes no
+    /// lock and never writes. See [`FileLogReader`]. Blocking: call it from `spawn_blocking` in a server.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<FileLogReader, LogError> {
+        FileLogReader::open(dir.as_ref())
+    }
+
     /// The log directory.
     pub fn dir(&self) -> &Path {
-        &self.shared.dir
+        &self.shared.table.dir
     }
 
     /// What opening the log found and repaired.
@@ -200,7 +211,7 @@ impl FileLog {
     /// segments that opening trusts through their index. Returns the number of records.
     pub async fn verify(&self) -> Result<u64, LogError> {
         let shared = self.shared.clone();
-        blocking(move || read::verify(&shared)).await
+        blocking(move || read::verify(&shared.table)).await
     }
 }
 
@@ -242,13 +253,13 @@ impl Log for FileLog {
             return Ok(Vec::new());
         }
         let shared = self.shared.clone();
-        blocking(move || read::read(&shared, from, end, max)).await
+        blocking(move || read::read(&shared.table, from, end, max)).await
     }
 
     async fn position_at(&self, timestamp_micros: i64) -> Result<Option<Position>, LogError> {
         let shared = self.shared.clone();
         Ok(
-            blocking(move || read::position_at(&shared, timestamp_micros))
+            blocking(move || read::position_at(&shared.table, timestamp_micros))
                 .await?
                 .map(Position),
         )
@@ -275,7 +286,7 @@ impl Drop for FileLog {
         if let Some(writer) = self.writer.take()
             && writer.join().is_err()
         {
-            tracing::error!(dir = %self.shared.dir.display(), "the log writer panicked");
+            tracing::error!(dir = %self.shared.table.dir.display(), "the log writer panicked");
         }
     }
 }

@@ -75,11 +75,11 @@ pub fn recover(dir: &Path, index_every_bytes: u64) -> Result<Recovered, LogError
     let mut segments: Vec<Segment> = Vec::with_capacity(firsts.len());
     for &first in sealed {
         let segment = open_sealed(dir, first, index_every_bytes, &mut report)?;
-        check_continuity(segments.last(), &segment)?;
+        check_continuity(segments.last().map(|s| s.last), &segment)?;
         segments.push(segment);
     }
     let (segment, active) = open_last(dir, last_first, index_every_bytes, &mut report)?;
-    check_continuity(segments.last(), &segment)?;
+    check_continuity(segments.last().map(|s| s.last), &segment)?;
     report.end = segment.last;
     segments.push(segment);
     Ok(Recovered {

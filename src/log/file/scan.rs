@@ -102,3 +102,15 @@ impl Scanner {
         }))
     }
 }
+
+/// The record header at `offset` of the file at `path`; `None` when the file ends before it does.
+pub fn header_at(path: &Path, offset: u64) -> io::Result<Option<RecordHeader>> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut raw = [0u8; RECORD_HEADER_LEN];
+    match file.read_exact(&mut raw) {
+        Ok(()) => Ok(Some(RecordHeader::decode(&raw))),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
+}

@@ -242,14 +242,14 @@ impl Writer {
                 "cannot save the sealed segment's index; it will be rebuilt at the next open");
         }
         self.shared.table.write().push(Segment {
-                first,
-                path: self.dir.join(segment_name(first)),
-                last: first - 1,
-                first_timestamp: 0,
-                last_timestamp: 0,
-                durable_len: SEGMENT_HEADER_LEN,
-                index: SparseIndex::default(),
-            });
+            first,
+            path: self.dir.join(segment_name(first)),
+            last: first - 1,
+            first_timestamp: 0,
+            last_timestamp: 0,
+            durable_len: SEGMENT_HEADER_LEN,
+            index: SparseIndex::default(),
+        });
         tracing::debug!(segment = segment_name(first), sealed = %self.active_path().display(), "rolled to a new log segment");
         self.file = file;
         self.active_first = first;

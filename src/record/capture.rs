@@ -1,0 +1,245 @@
+//! From `waly.take_capture()` rows to a record's [`Change`]s.
+//!
+//! Owns the mapping from the capture table's columns (see `migrations/0002_capture.sql`) to changes, for
+//! rows read through tokio-postgres and for the same columns read as text through the raw protocol; both
+//! share one mapping. Images are taken as the JSON text Postgres rendered (`jsonb::text`) and must never be
+//! parsed into numbers: that would round them.
+
+use serde_json::value::RawValue;
+
+use super::{Change, Json, RecordError};
+
+/// The select list both variants expect, in this order: `select {CAPTURE_COLUMNS} from waly.take_capture()`.
+pub const CAPTURE_COLUMNS: &str = "seq, kind, schema_name, table_name, pk::text, old_row::text, \
+                                   new_row::text, ddl_tag, ddl_object, ddl_query";
+
+/// The changes of capture rows selected with [`CAPTURE_COLUMNS`] (rows already in `seq` order).
+pub fn changes_from_capture(rows: &[tokio_postgres::Row]) -> Result<Vec<Change>, RecordError> {
+    rows.iter()
+        .map(|row| {
+            let seq = row
+                .try_get::<_, i64>(0)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|_| "?".into());
+            let mut columns: [Option<&str>; 9] = [None; 9];
+            for (i, column) in columns.iter_mut().enumerate() {
+                *column = row
+                    .try_get::<_, Option<&str>>(i + 1)
+                    .map_err(|e| invalid(&seq, format!("column {}: {e}", i + 1)))?;
+            }
+            change(&seq, &columns)
+        })
+        .collect()
+}
+
+/// The same as [`changes_from_capture`], for rows whose columns arrived as text (`None` for SQL NULL), as
+/// the raw protocol delivers them.
+pub fn changes_from_capture_text(rows: &[Vec<Option<String>>]) -> Result<Vec<Change>, RecordError> {
+    rows.iter()
+        .map(|row| {
+            if row.len() != 10 {
+                return Err(invalid("?", format!("{} columns, expected 10", row.len())));
+            }
+            let seq = row[0].as_deref().unwrap_or("?");
+            let mut columns: [Option<&str>; 9] = [None; 9];
+            for (column, value) in columns.iter_mut().zip(&row[1..]) {
+                *column = value.as_deref();
+            }
+            change(seq, &columns)
+        })
+        .collect()
+}
+
+/// `columns`: kind, schema_name, table_name, pk, old_row, new_row, ddl_tag, ddl_object, ddl_query.
+fn change(seq: &str, columns: &[Option<&str>; 9]) -> Result<Change, RecordError> {
+    let [kind, schema, table, pk, old, new, tag, object, query] = *columns;
+    let required = |value: Option<&str>, what: &str| {
+        value
+            .map(str::to_owned)
+            .ok_or_else(|| invalid(seq, format!("{what} is missing")))
+    };
+    let image = |value: Option<&str>, what: &str| -> Result<Json, RecordError> {
+        let text = required(value, what)?;
+        RawValue::from_string(text).map_err(|e| invalid(seq, format!("{what} is not JSON: {e}")))
+    };
+    let key = |value: Option<&str>| -> Result<Option<Json>, RecordError> {
+        match value {
+            None => Ok(None),
+            Some(_) => image(value, "pk").map(Some),
+        }
+    };
+    let kind = kind.ok_or_else(|| invalid(seq, "kind is missing".into()))?;
+    Ok(match kind {
+        "insert" => Change::Insert {
+            schema: required(schema, "schema_name")?,
+            table: required(table, "table_name")?,
+            pk: key(pk)?,
+            new: image(new, "new_row")?,
+        },
+        "update" => Change::Update {
+            schema: required(schema, "schema_name")?,
+            table: required(table, "table_name")?,
+            pk: key(pk)?,
+            old: image(old, "old_row")?,
+            new: image(new, "new_row")?,
+        },
+        "delete" => Change::Delete {
+            schema: required(schema, "schema_name")?,
+            table: required(table, "table_name")?,
+            pk: key(pk)?,
+            old: image(old, "old_row")?,
+        },
+        "truncate" => Change::Truncate {
+            schema: required(schema, "schema_name")?,
+            table: required(table, "table_name")?,
+        },
+        "ddl" => Change::Ddl {
+            tag: required(tag, "ddl_tag")?,
+            object: object.map(str::to_owned),
+            sql: required(query, "ddl_query")?,
+        },
+        other => return Err(invalid(seq, format!("unknown kind {other:?}"))),
+    })
+}
+
+fn invalid(seq: &str, reason: String) -> RecordError {
+    RecordError::Capture {
+        seq: seq.to_owned(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(columns: &[Option<&str>]) -> Vec<Option<String>> {
+        columns.iter().map(|c| c.map(str::to_owned)).collect()
+    }
+
+    #[test]
+    fn text_rows_become_changes_with_exact_images() {
+        let image = r#"{"id": 1, "x": 1e-30, "n": 123456789012345678901234567890.5}"#;
+        let rows = vec![
+            row(&[
+                Some("1"),
+                Some("ddl"),
+                None,
+                None,
+                None,
+                None,
+                None,
+                Some("CREATE TABLE"),
+                Some("public.t"),
+                Some("create table t (id int)"),
+            ]),
+            row(&[
+                Some("2"),
+                Some("insert"),
+                Some("public"),
+                Some("t"),
+                Some(r#"{"id": 1}"#),
+                None,
+                Some(image),
+                None,
+                None,
+                None,
+            ]),
+            row(&[
+                Some("3"),
+                Some("update"),
+                Some("public"),
+                Some("t"),
+                None,
+                Some(image),
+                Some(image),
+                None,
+                None,
+                None,
+            ]),
+            row(&[
+                Some("4"),
+                Some("delete"),
+                Some("public"),
+                Some("t"),
+                None,
+                Some(image),
+                None,
+                None,
+                None,
+                None,
+            ]),
+            row(&[
+                Some("5"),
+                Some("truncate"),
+                Some("public"),
+                Some("t"),
+                None,
+                None,
+                None,
+                None,
+                None,
+                Some("truncate t"),
+            ]),
+        ];
+        let changes = changes_from_capture_text(&rows).unwrap();
+        assert_eq!(changes.len(), 5);
+        assert!(matches!(&changes[0], Change::Ddl { tag, .. } if tag == "CREATE TABLE"));
+        match &changes[1] {
+            Change::Insert { pk, new, .. } => {
+                assert_eq!(pk.as_ref().unwrap().get(), r#"{"id": 1}"#);
+                assert_eq!(new.get(), image);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&changes[2], Change::Update { pk: None, .. }));
+        assert!(matches!(&changes[4], Change::Truncate { table, .. } if table == "t"));
+    }
+
+    #[test]
+    fn bad_rows_name_their_seq() {
+        let bad = [
+            row(&[
+                Some("7"),
+                Some("upsert"),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            ]),
+            row(&[
+                Some("8"),
+                Some("insert"),
+                Some("s"),
+                Some("t"),
+                None,
+                None,
+                Some("{"),
+                None,
+                None,
+                None,
+            ]),
+            row(&[
+                Some("9"),
+                Some("insert"),
+                Some("s"),
+                Some("t"),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            ]),
+            row(&[Some("10")]),
+        ];
+        for r in bad {
+            let e = changes_from_capture_text(&[r]).unwrap_err();
+            assert!(matches!(e, RecordError::Capture { .. }), "{e}");
+        }
+    }
+}

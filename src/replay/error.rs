@@ -1,0 +1,61 @@
+//! Why a replay stopped. Every error names the log position it stopped at; the batch it was in was rolled
+//! back, so the target holds exactly the records up to its checkpoint.
+
+use thiserror::Error;
+
+use crate::log::Position;
+use crate::migrate::PgFailure;
+
+#[derive(Debug, Error)]
+pub enum ReplayError {
+    /// Reading or writing the checkpoint, or starting or committing a batch, failed.
+    #[error("replay could not {what} in the target: {failure}")]
+    Target { what: String, failure: PgFailure },
+
+    /// The target refused one change of a record.
+    #[error("record {position}, change {index} ({change}): the target refused it: {failure}")]
+    Change {
+        position: Position,
+        index: usize,
+        change: String,
+        failure: PgFailure,
+    },
+
+    /// An update or delete did not find exactly its row: the target is not the database the log was
+    /// written against (it was changed outside the log, or started from another state).
+    #[error(
+        "record {position}, change {index} ({change}): matched {rows} rows in the target instead of 1; \
+         hint: the target has diverged from the log; replay into an empty database with the initial schema"
+    )]
+    Diverged {
+        position: Position,
+        index: usize,
+        change: String,
+        rows: u64,
+    },
+
+    /// A changed table does not exist in the target.
+    #[error("record {position}, change {index}: table {table} does not exist in the target: {failure}")]
+    NoTable {
+        position: Position,
+        index: usize,
+        table: String,
+        failure: PgFailure,
+    },
+
+    /// The records given are not in increasing position order.
+    #[error("record {position} came after record {previous}: records must be replayed in log order")]
+    OutOfOrder {
+        position: Position,
+        previous: Position,
+    },
+}
+
+impl ReplayError {
+    pub(crate) fn target(what: &str, e: &tokio_postgres::Error) -> ReplayError {
+        ReplayError::Target {
+            what: what.to_owned(),
+            failure: e.into(),
+        }
+    }
+}
