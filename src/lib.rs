@@ -11,6 +11,7 @@
 //! - [`migrate`]: waly's own schema in the application's database: capture table, triggers, migrations.
 //! - [`log`]: the write-ahead log trait and the embedded file log (segments, group commit, recovery).
 //! - [`record`]: the log record, one JSON envelope per committed write transaction.
+//! - [`replay`]: exact replay of the log into a target Postgres (row images, DDL), batched and resumable.
 //! - [`session`]: one client session, from handshake to relay.
 //! - [`server`]: the listener, cancel routing, TLS and graceful shutdown.
 //! - [`telemetry`]: structured logs.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod log;
 pub mod migrate;
 pub mod record;
+pub mod replay;
 pub mod server;
 pub mod session;
 pub mod telemetry;

@@ -3,6 +3,7 @@
 
 mod log;
 mod migrate;
+mod replay;
 mod serve;
 
 use std::path::PathBuf;
@@ -26,6 +27,8 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// Read the embedded log.
     Log(log::LogArgs),
+    /// Rebuild a database from the log, exactly (row images), resumable.
+    Replay(replay::ReplayArgs),
 }
 
 /// The configuration file and the flags that override its keys.
@@ -88,6 +91,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args.load()?),
         Command::Migrate(args) => migrate::run(args),
         Command::Log(args) => log::run(args),
+        Command::Replay(args) => replay::run(args),
     }
 }
 

@@ -3,14 +3,18 @@
 
 use thiserror::Error;
 
-use crate::log::Position;
+use crate::log::{LogError, Position};
 use crate::migrate::PgFailure;
+use crate::record::RecordError;
 
 #[derive(Debug, Error)]
 pub enum ReplayError {
     /// Reading or writing the checkpoint, or starting or committing a batch, failed.
     #[error("replay could not {what} in the target: {failure}")]
-    Target { what: String, failure: PgFailure },
+    Target {
+        what: String,
+        failure: Box<PgFailure>,
+    },
 
     /// The target refused one change of a record.
     #[error("record {position}, change {index} ({change}): the target refused it: {failure}")]
@@ -18,14 +22,17 @@ pub enum ReplayError {
         position: Position,
         index: usize,
         change: String,
-        failure: PgFailure,
+        failure: Box<PgFailure>,
     },
 
     /// An update or delete did not find exactly its row: the target is not the database the log was
-    /// written against (it was changed outside the log, or started from another state).
+    /// written against (it was changed outside the log, or started from another state), or the update
+    /// changed a GENERATED ALWAYS identity value, which replay cannot write yet.
     #[error(
         "record {position}, change {index} ({change}): matched {rows} rows in the target instead of 1; \
-         hint: the target has diverged from the log; replay into an empty database with the initial schema"
+         hint: either the target has diverged from the log (replay into an empty database holding the \
+         initial schema), or the change is one replay cannot apply yet (an UPDATE that set a GENERATED \
+         ALWAYS identity column to DEFAULT)"
     )]
     Diverged {
         position: Position,
@@ -35,16 +42,31 @@ pub enum ReplayError {
     },
 
     /// A changed table does not exist in the target.
-    #[error("record {position}, change {index}: table {table} does not exist in the target: {failure}")]
+    #[error(
+        "record {position}, change {index}: table {table} does not exist in the target: {failure}"
+    )]
     NoTable {
         position: Position,
         index: usize,
         table: String,
-        failure: PgFailure,
+        failure: Box<PgFailure>,
+    },
+
+    /// Reading the log failed.
+    #[error("replay could not read the log: {0}")]
+    Log(#[from] LogError),
+
+    /// A log entry is not a record this waly can apply.
+    #[error("log entry {position} is not a record replay can apply: {source}")]
+    Record {
+        position: Position,
+        source: RecordError,
     },
 
     /// The records given are not in increasing position order.
-    #[error("record {position} came after record {previous}: records must be replayed in log order")]
+    #[error(
+        "record {position} came after record {previous}: records must be replayed in log order"
+    )]
     OutOfOrder {
         position: Position,
         previous: Position,
@@ -55,7 +77,7 @@ impl ReplayError {
     pub(crate) fn target(what: &str, e: &tokio_postgres::Error) -> ReplayError {
         ReplayError::Target {
             what: what.to_owned(),
-            failure: e.into(),
+            failure: Box::new(e.into()),
         }
     }
 }

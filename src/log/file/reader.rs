@@ -114,6 +114,21 @@ impl FileLogReader {
         &self.inner.table.dir
     }
 
+    /// Whether a [`FileLog`](super::FileLog) holds the log open for appending now. Probed by trying the
+    /// writer's lock for an instant (released at once), so a writer starting in that same instant could
+    /// find it taken and refuse to start; tools call this once, not in a loop. With no writer, every
+    /// complete record is final and [`end`](Self::end) is as safe as [`proven_end`](Self::proven_end).
+    pub fn writer_active(&self) -> bool {
+        let Ok(lock) = fs::File::open(self.dir().join("LOCK")) else {
+            return false;
+        };
+        match lock.try_lock_shared() {
+            Ok(()) => false,
+            Err(fs::TryLockError::WouldBlock) => true,
+            Err(fs::TryLockError::Error(_)) => false,
+        }
+    }
+
     /// The last complete, checksummed record in the files now (`Position(0)` when there is none). It may
     /// be one group commit ahead of what the writer acknowledged: see the module documentation.
     pub async fn end(&self) -> Result<Position, LogError> {
