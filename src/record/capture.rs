@@ -7,7 +7,7 @@
 
 use serde_json::value::RawValue;
 
-use super::{Change, Json, RecordError};
+use super::{Change, ChangeFields, Json, RecordError};
 
 /// The select list both variants expect, in this order: `select {CAPTURE_COLUMNS} from waly.take_capture()`.
 pub const CAPTURE_COLUMNS: &str = "seq, kind, schema_name, table_name, pk::text, old_row::text, \
@@ -50,56 +50,32 @@ pub fn changes_from_capture_text(rows: &[Vec<Option<String>>]) -> Result<Vec<Cha
         .collect()
 }
 
-/// `columns`: kind, schema_name, table_name, pk, old_row, new_row, ddl_tag, ddl_object, ddl_query.
+/// `columns`: kind, schema_name, table_name, pk, old_row, new_row, ddl_tag, ddl_object, ddl_query. Which
+/// of them a kind requires is decided by [`Change::try_from`], the same rule a stored record is read with.
 fn change(seq: &str, columns: &[Option<&str>; 9]) -> Result<Change, RecordError> {
     let [kind, schema, table, pk, old, new, tag, object, query] = *columns;
-    let required = |value: Option<&str>, what: &str| {
+    let image = |value: Option<&str>, what: &str| -> Result<Option<Json>, RecordError> {
         value
-            .map(str::to_owned)
-            .ok_or_else(|| invalid(seq, format!("{what} is missing")))
+            .map(|text| {
+                RawValue::from_string(text.to_owned())
+                    .map_err(|e| invalid(seq, format!("{what} is not JSON: {e}")))
+            })
+            .transpose()
     };
-    let image = |value: Option<&str>, what: &str| -> Result<Json, RecordError> {
-        let text = required(value, what)?;
-        RawValue::from_string(text).map_err(|e| invalid(seq, format!("{what} is not JSON: {e}")))
+    let fields = ChangeFields {
+        kind: kind
+            .ok_or_else(|| invalid(seq, "kind is missing".into()))?
+            .to_owned(),
+        schema: schema.map(str::to_owned),
+        table: table.map(str::to_owned),
+        pk: image(pk, "pk")?,
+        old: image(old, "old_row")?,
+        new: image(new, "new_row")?,
+        tag: tag.map(str::to_owned),
+        object: object.map(str::to_owned),
+        sql: query.map(str::to_owned),
     };
-    let key = |value: Option<&str>| -> Result<Option<Json>, RecordError> {
-        match value {
-            None => Ok(None),
-            Some(_) => image(value, "pk").map(Some),
-        }
-    };
-    let kind = kind.ok_or_else(|| invalid(seq, "kind is missing".into()))?;
-    Ok(match kind {
-        "insert" => Change::Insert {
-            schema: required(schema, "schema_name")?,
-            table: required(table, "table_name")?,
-            pk: key(pk)?,
-            new: image(new, "new_row")?,
-        },
-        "update" => Change::Update {
-            schema: required(schema, "schema_name")?,
-            table: required(table, "table_name")?,
-            pk: key(pk)?,
-            old: image(old, "old_row")?,
-            new: image(new, "new_row")?,
-        },
-        "delete" => Change::Delete {
-            schema: required(schema, "schema_name")?,
-            table: required(table, "table_name")?,
-            pk: key(pk)?,
-            old: image(old, "old_row")?,
-        },
-        "truncate" => Change::Truncate {
-            schema: required(schema, "schema_name")?,
-            table: required(table, "table_name")?,
-        },
-        "ddl" => Change::Ddl {
-            tag: required(tag, "ddl_tag")?,
-            object: object.map(str::to_owned),
-            sql: required(query, "ddl_query")?,
-        },
-        other => return Err(invalid(seq, format!("unknown kind {other:?}"))),
-    })
+    Change::try_from(fields).map_err(|reason| invalid(seq, reason))
 }
 
 fn invalid(seq: &str, reason: String) -> RecordError {

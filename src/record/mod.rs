@@ -98,7 +98,8 @@ pub enum Change {
     },
 }
 
-/// Every field a change may have, `kind` deciding which are required.
+/// Every field a change may have, `kind` deciding which are required: how a stored record's changes are
+/// read, and how capture rows become changes ([`capture`]).
 #[derive(Deserialize)]
 struct ChangeFields {
     kind: String,
