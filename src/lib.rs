@@ -10,6 +10,7 @@
 //! - [`classify`]: read/write/DDL classification of statements with the real Postgres grammar.
 //! - [`migrate`]: waly's own schema in the application's database: capture table, triggers, migrations.
 //! - [`log`]: the write-ahead log trait and the embedded file log (segments, group commit, recovery).
+//! - [`commit`]: the commit protocol (capture, PREPARE, durable append, COMMIT PREPARED) and recovery.
 //! - [`record`]: the log record, one JSON envelope per committed write transaction.
 //! - [`replay`]: exact replay of the log into a target Postgres (row images, DDL), batched and resumable.
 //! - [`session`]: one client session, from handshake to relay.
@@ -18,6 +19,7 @@
 
 pub mod auth;
 pub mod classify;
+pub mod commit;
 pub mod config;
 pub mod log;
 pub mod migrate;

@@ -29,8 +29,13 @@ async fn installed(prefix: &str, setup: &str) -> (String, Client) {
     let c = connect(&pg.url(&db)).await;
     c.batch_execute(setup).await.expect("setup");
     let report = migrate::migrate(&c).await.expect("migrate");
-    assert_eq!(report.applied, vec![1, 2, 3]);
+    assert_eq!(report.applied, versions());
     (db, c)
+}
+
+/// The versions of the embedded migrations, in order.
+fn versions() -> Vec<i32> {
+    migrate::MIGRATIONS.iter().map(|m| m.version).collect()
 }
 
 /// One capture row, as a user reads it.
@@ -999,16 +1004,19 @@ async fn migrate_twice_is_a_no_op() {
             .all(|m| m.state == MigrationState::Pending)
     );
     let first = migrate::migrate(&c).await.unwrap();
-    assert_eq!(first.applied, vec![1, 2, 3]);
+    assert_eq!(first.applied, versions());
     assert!(first.already_present.is_empty());
     let rows_before = ledger_rows(&c).await;
     let second = migrate::migrate(&c).await.unwrap();
     assert!(second.applied.is_empty());
-    assert_eq!(second.already_present, vec![1, 2, 3]);
+    assert_eq!(second.already_present, versions());
     assert_eq!(ledger_rows(&c).await, rows_before);
     assert_eq!(
         rows_before.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
-        vec!["schema", "capture", "ddl_capture"]
+        migrate::MIGRATIONS
+            .iter()
+            .map(|m| m.name)
+            .collect::<Vec<_>>()
     );
     // The checksum is the file's SHA-256, as sha256sum prints it.
     assert!(rows_before.iter().all(|r| r.2.len() == 64));
@@ -1046,9 +1054,9 @@ async fn concurrent_migrators_apply_each_migration_once() {
         applied.extend(run.await.unwrap().expect("every migrator succeeds").applied);
     }
     applied.sort();
-    assert_eq!(applied, vec![1, 2, 3]);
+    assert_eq!(applied, versions());
     let c = connect(&pg.url(&db)).await;
-    assert_eq!(ledger_rows(&c).await.len(), 3);
+    assert_eq!(ledger_rows(&c).await.len(), migrate::MIGRATIONS.len());
 }
 
 #[tokio::test]
@@ -1074,9 +1082,11 @@ async fn a_changed_or_unknown_migration_is_refused() {
     ));
 
     // A new migration is applied after the others, once.
+    let last = *versions().last().unwrap();
+    let file = |v: i32, name: &str| format!("{v:04}_{name}.sql");
     let mut more: Vec<Migration> = migrate::MIGRATIONS.to_vec();
     more.push(Migration {
-        version: 4,
+        version: last + 1,
         name: "probe",
         sql: "create table waly.probe (x int);",
         requires_superuser: false,
@@ -1084,38 +1094,42 @@ async fn a_changed_or_unknown_migration_is_refused() {
     let report = migrate::migrate_with(&c, &more).await.unwrap();
     assert_eq!(
         (report.applied, report.already_present),
-        (vec![4], vec![1, 2, 3])
+        (vec![last + 1], versions())
     );
     // ... and this waly, which does not know it, refuses to go on.
     let err = migrate::migrate(&c).await.unwrap_err();
     assert!(
-        matches!(err, MigrateError::UnknownApplied { ref file } if file == "0004_probe.sql"),
+        matches!(err, MigrateError::UnknownApplied { file: ref f } if *f == file(last + 1, "probe")),
         "{err}"
     );
     assert_eq!(
         migrate::status(&c).await.unwrap().unknown,
-        vec!["0004_probe.sql"]
+        vec![file(last + 1, "probe")]
     );
 
     // A failing migration names its file, carries Postgres' SQLSTATE, and leaves nothing behind.
-    more[3] = Migration {
-        version: 5,
+    let probe = more.len() - 1;
+    more[probe] = Migration {
+        version: last + 2,
         name: "broken",
         sql: "create table waly.half (x int); select 1/0;",
         requires_superuser: false,
     };
     more.push(Migration {
-        version: 6,
+        version: last + 3,
         name: "after",
         sql: "select 1",
         requires_superuser: false,
     });
-    c.batch_execute("delete from waly.migrations where version = 4")
-        .await
-        .unwrap();
+    c.execute(
+        "delete from waly.migrations where version = $1",
+        &[&(last + 1)],
+    )
+    .await
+    .unwrap();
     let err = migrate::migrate_with(&c, &more).await.unwrap_err();
     assert_eq!(err.sqlstate(), Some("22012"));
-    assert!(err.to_string().contains("0005_broken.sql"), "{err}");
+    assert!(err.to_string().contains(&file(last + 2, "broken")), "{err}");
     let half: bool = c
         .query_one("select to_regclass('waly.half') is null", &[])
         .await
@@ -1171,12 +1185,22 @@ async fn unprivileged_application_roles_are_captured_and_cannot_forge_rows() {
             row("insert", "public.mine", json!({"id": 1})),
         ]
     );
-    let taken: i64 = app
-        .query_one("select count(*) from waly.take_capture()", &[])
+    // Then the position of the identity sequence, which take_capture() reads with its owner's rights.
+    let taken: Vec<(String, Option<String>)> = app
+        .query("select kind, new_row::text from waly.take_capture()", &[])
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(taken, 2);
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(taken.len(), 3, "{taken:?}");
+    assert_eq!(
+        taken[2],
+        (
+            "sequence".to_string(),
+            Some(r#"{"is_called": true, "last_value": 1}"#.to_string())
+        )
+    );
     app.batch_execute("commit").await.unwrap();
     // Rows for another transaction: refused.
     let err = app

@@ -6,6 +6,7 @@
 //! This module must never touch the network or the log.
 
 mod cache;
+mod functions;
 mod normalize;
 mod stats;
 
@@ -67,36 +68,146 @@ impl StatementKind {
     }
 }
 
-/// The kinds of the statements in one query string, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The kinds of the statements in one query string, in order, and what the write path must know about
+/// them beyond their kinds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Classification {
     pub statements: Vec<StatementKind>,
+    /// A statement waly refuses to relay, and why (it would bypass or break the write-ahead path).
+    pub refusal: Option<Refusal>,
+    /// A statement that Postgres runs only outside a transaction block (CREATE DATABASE, VACUUM,
+    /// CREATE INDEX CONCURRENTLY, ...): waly must not wrap it in one.
+    pub autocommit_only: bool,
+}
+
+/// Why waly refuses a statement; rendered as an error in Postgres' form by the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// PREPARE TRANSACTION, COMMIT PREPARED, ROLLBACK PREPARED: waly is the transaction coordinator.
+    TwoPhaseCommit,
+    /// COMMIT AND CHAIN / ROLLBACK AND CHAIN.
+    Chain,
+    /// SET session_replication_role: would silence the capture triggers.
+    ReplicationRole,
+}
+
+impl Refusal {
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::TwoPhaseCommit => "waly does not relay two-phase commit statements",
+            Refusal::Chain => "waly does not support COMMIT AND CHAIN or ROLLBACK AND CHAIN",
+            Refusal::ReplicationRole => "waly does not allow changing session_replication_role",
+        }
+    }
+
+    pub fn hint(self) -> &'static str {
+        match self {
+            Refusal::TwoPhaseCommit => {
+                "waly commits every write transaction through PREPARE TRANSACTION itself; use COMMIT."
+            }
+            Refusal::Chain => "Use COMMIT, then BEGIN.",
+            Refusal::ReplicationRole => {
+                "In replica mode Postgres skips the triggers that record row changes; connect to Postgres directly for maintenance that needs it."
+            }
+        }
+    }
 }
 
 impl Classification {
     pub fn may_write(&self) -> bool {
         self.statements.iter().any(|k| k.may_write())
     }
+
+    /// True when one of the statements is the given transaction control.
+    pub fn has(&self, control: TransactionControl) -> bool {
+        self.statements
+            .contains(&StatementKind::Transaction(control))
+    }
+
+    /// True when one of the statements is COMMIT or END: the point where the commit protocol runs.
+    pub fn commits(&self) -> bool {
+        self.has(TransactionControl::Commit)
+    }
+
+    /// True when one of the statements opens a transaction block.
+    pub fn begins(&self) -> bool {
+        self.has(TransactionControl::Begin)
+    }
 }
 
 /// Parses `sql` and classifies each statement in it. Text Postgres would reject is `Unknown`: Postgres
 /// itself reports the error.
 pub fn classify(sql: &str) -> Classification {
-    let statements = match pg_query::parse(sql, 0) {
-        Ok(parsed) => parsed
-            .protobuf
-            .stmts
-            .iter()
-            .map(|raw| {
-                raw.stmt
-                    .as_ref()
-                    .and_then(|n| n.node.as_ref())
-                    .map_or(StatementKind::Session, kind_of)
-            })
-            .collect(),
-        Err(_) => vec![StatementKind::Unknown],
+    let parsed = match pg_query::parse(sql, 0) {
+        Ok(parsed) => parsed,
+        Err(_) => {
+            return Classification {
+                statements: vec![StatementKind::Unknown],
+                ..Classification::default()
+            };
+        }
     };
-    Classification { statements }
+    // A SELECT that calls a function which is not a known read-only built-in may write (a volatile
+    // function can do anything): it is treated as Unknown, so that in autocommit it is wrapped and logged.
+    let calls_unknown = parsed
+        .call_functions()
+        .iter()
+        .any(|f| !functions::is_known_read_only(f));
+    let mut class = Classification::default();
+    for raw in &parsed.protobuf.stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+            class.statements.push(StatementKind::Session);
+            continue;
+        };
+        let mut kind = kind_of(node);
+        if kind == StatementKind::Read && calls_unknown {
+            kind = StatementKind::Unknown;
+        }
+        class.statements.push(kind);
+        class.refusal = class.refusal.or_else(|| refusal(node));
+        class.autocommit_only |= autocommit_only(node);
+    }
+    class
+}
+
+fn refusal(node: &NodeEnum) -> Option<Refusal> {
+    match node {
+        NodeEnum::TransactionStmt(t) => match t.kind() {
+            TransactionStmtKind::TransStmtPrepare
+            | TransactionStmtKind::TransStmtCommitPrepared
+            | TransactionStmtKind::TransStmtRollbackPrepared => Some(Refusal::TwoPhaseCommit),
+            TransactionStmtKind::TransStmtCommit | TransactionStmtKind::TransStmtRollback
+                if t.chain =>
+            {
+                Some(Refusal::Chain)
+            }
+            _ => None,
+        },
+        NodeEnum::VariableSetStmt(v) if v.name.eq_ignore_ascii_case("session_replication_role") => {
+            Some(Refusal::ReplicationRole)
+        }
+        _ => None,
+    }
+}
+
+/// Statements Postgres refuses inside a transaction block.
+fn autocommit_only(node: &NodeEnum) -> bool {
+    match node {
+        NodeEnum::CreatedbStmt(_)
+        | NodeEnum::DropdbStmt(_)
+        | NodeEnum::VacuumStmt(_)
+        | NodeEnum::AlterSystemStmt(_)
+        | NodeEnum::CreateTableSpaceStmt(_)
+        | NodeEnum::DropTableSpaceStmt(_)
+        | NodeEnum::CreateSubscriptionStmt(_)
+        | NodeEnum::DropSubscriptionStmt(_) => true,
+        NodeEnum::IndexStmt(i) => i.concurrent,
+        NodeEnum::DropStmt(d) => d.concurrent,
+        NodeEnum::ReindexStmt(r) => r.params.iter().any(|p| {
+            matches!(&p.node, Some(NodeEnum::DefElem(d)) if d.defname.eq_ignore_ascii_case("concurrently"))
+        }),
+        _ => false,
+    }
 }
 
 fn kind_of(node: &NodeEnum) -> StatementKind {
@@ -271,6 +382,45 @@ mod tests {
         assert_eq!(one("do $$ begin perform 1; end $$"), Unknown);
         assert_eq!(one("call p()"), Unknown);
         assert_eq!(one("selec 1"), Unknown);
+    }
+
+    #[test]
+    fn selects_calling_unknown_functions_may_write() {
+        assert_eq!(one("select count(*), now() from t"), Read);
+        assert_eq!(one("select transfer(1, 2, 10)"), Unknown);
+        assert_eq!(one("select nextval('s')"), Unknown);
+    }
+
+    #[test]
+    fn refusals_and_autocommit_only() {
+        for sql in [
+            "prepare transaction 'x'",
+            "commit prepared 'x'",
+            "rollback prepared 'waly_1'",
+        ] {
+            assert_eq!(
+                classify(sql).refusal,
+                Some(Refusal::TwoPhaseCommit),
+                "{sql}"
+            );
+        }
+        assert_eq!(classify("commit and chain").refusal, Some(Refusal::Chain));
+        assert_eq!(classify("commit").refusal, None);
+        assert_eq!(
+            classify("set session_replication_role = replica").refusal,
+            Some(Refusal::ReplicationRole)
+        );
+        for sql in [
+            "create database d",
+            "vacuum t",
+            "create index concurrently i on t (a)",
+            "drop index concurrently i",
+            "reindex (concurrently) table t",
+        ] {
+            assert!(classify(sql).autocommit_only, "{sql}");
+        }
+        assert!(!classify("create index i on t (a)").autocommit_only);
+        assert!(classify("begin; insert into t values (1); commit").commits());
     }
 
     #[test]

@@ -64,6 +64,9 @@ struct ConfigArgs {
     /// Worker threads serving sessions (default: half the CPUs).
     #[arg(long, env = "WALY_WORKERS", global = true)]
     workers: Option<usize>,
+    /// The superuser role waly connects as for migrations and recovery (default: postgres).
+    #[arg(long, env = "WALY_ADMIN_USER", global = true)]
+    admin_user: Option<String>,
 }
 
 impl ConfigArgs {
@@ -79,6 +82,7 @@ impl ConfigArgs {
             tls_key: self.tls_key,
             tls_required: self.tls_required,
             workers: self.workers,
+            admin_user: self.admin_user,
         };
         let config = config::load(self.config.as_deref(), &overrides)?;
         waly::telemetry::init(config.log_format);

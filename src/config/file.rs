@@ -28,6 +28,13 @@ pub(super) struct RawConfig {
     /// Threads serving sessions; absent or 0 means one per CPU.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// The role waly uses for its own connections (migrations, recovery of prepared transactions).
+    #[serde(default = "default_admin_user")]
+    pub admin_user: String,
+}
+
+fn default_admin_user() -> String {
+    "postgres".to_owned()
 }
 
 #[derive(Debug, Deserialize)]

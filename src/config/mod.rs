@@ -28,6 +28,9 @@ pub struct Config {
     pub users: Vec<User>,
     /// Threads serving sessions.
     pub workers: usize,
+    /// The role waly connects as for its own work: applying its migrations and resolving prepared
+    /// transactions at start. It must be a superuser; its password comes from its `users` entry.
+    pub admin_user: String,
 }
 
 /// Where Postgres listens. User and database come from each client's startup message.
@@ -92,6 +95,7 @@ pub struct Overrides {
     pub tls_key: Option<PathBuf>,
     pub tls_required: Option<bool>,
     pub workers: Option<usize>,
+    pub admin_user: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -244,6 +248,7 @@ fn resolve(
             .or(raw.workers)
             .filter(|&n| n > 0)
             .unwrap_or_else(default_workers),
+        admin_user: o.admin_user.clone().unwrap_or(raw.admin_user),
     })
 }
 
@@ -273,6 +278,24 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
 impl Config {
     pub fn user(&self, name: &str) -> Option<&User> {
         self.users.iter().find(|u| u.name == name)
+    }
+
+    /// Connection settings for waly's own connections to `database`, as [`Config::admin_user`].
+    pub fn admin_connection(&self, database: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&self.upstream.host)
+            .port(self.upstream.port)
+            .user(&self.admin_user)
+            .dbname(database)
+            .application_name("waly")
+            .connect_timeout(Duration::from_secs(10));
+        if let Some(password) = self
+            .user(&self.admin_user)
+            .and_then(|u| u.password.as_ref())
+        {
+            c.password(password.expose());
+        }
+        c
     }
 }
 

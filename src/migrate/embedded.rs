@@ -23,4 +23,11 @@ pub const MIGRATIONS: &[Migration] = &[
         // Creates event triggers.
         requires_superuser: true,
     },
+    Migration {
+        version: 4,
+        name: "sequences",
+        sql: include_str!("../../migrations/0004_sequences.sql"),
+        // take_capture() becomes SECURITY DEFINER to read every application sequence.
+        requires_superuser: true,
+    },
 ];

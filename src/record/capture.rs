@@ -50,10 +50,40 @@ pub fn changes_from_capture_text(rows: &[Vec<Option<String>>]) -> Result<Vec<Cha
         .collect()
 }
 
+/// Where a sequence stands, as `waly.take_capture()` puts it in `new_row` of a row of kind `sequence`
+/// (`migrations/0004_sequences.sql`).
+#[derive(serde::Deserialize)]
+struct SequencePosition {
+    last_value: i64,
+    is_called: bool,
+}
+
 /// `columns`: kind, schema_name, table_name, pk, old_row, new_row, ddl_tag, ddl_object, ddl_query. Which
 /// of them a kind requires is decided by [`Change::try_from`], the same rule a stored record is read with.
+/// A `sequence` row names the sequence in table_name and holds its position in new_row.
 fn change(seq: &str, columns: &[Option<&str>; 9]) -> Result<Change, RecordError> {
-    let [kind, schema, table, pk, old, new, tag, object, query] = *columns;
+    let [
+        kind,
+        schema,
+        mut table,
+        pk,
+        old,
+        mut new,
+        tag,
+        object,
+        query,
+    ] = *columns;
+    let (mut name, mut position) = (None, None);
+    if kind == Some("sequence") {
+        name = table.take();
+        position = new
+            .take()
+            .map(|text| {
+                serde_json::from_str::<SequencePosition>(text)
+                    .map_err(|e| invalid(seq, format!("new_row is not a sequence position: {e}")))
+            })
+            .transpose()?;
+    }
     let image = |value: Option<&str>, what: &str| -> Result<Option<Json>, RecordError> {
         value
             .map(|text| {
@@ -74,6 +104,9 @@ fn change(seq: &str, columns: &[Option<&str>; 9]) -> Result<Change, RecordError>
         tag: tag.map(str::to_owned),
         object: object.map(str::to_owned),
         sql: query.map(str::to_owned),
+        name: name.map(str::to_owned),
+        last_value: position.as_ref().map(|p| p.last_value),
+        is_called: position.as_ref().map(|p| p.is_called),
     };
     Change::try_from(fields).map_err(|reason| invalid(seq, reason))
 }
@@ -157,9 +190,21 @@ mod tests {
                 None,
                 Some("truncate t"),
             ]),
+            row(&[
+                Some("6"),
+                Some("sequence"),
+                Some("public"),
+                Some("t_id_seq"),
+                None,
+                None,
+                Some(r#"{"is_called": false, "last_value": 9223372036854775807}"#),
+                None,
+                None,
+                None,
+            ]),
         ];
         let changes = changes_from_capture_text(&rows).unwrap();
-        assert_eq!(changes.len(), 5);
+        assert_eq!(changes.len(), 6);
         assert!(matches!(&changes[0], Change::Ddl { tag, .. } if tag == "CREATE TABLE"));
         match &changes[1] {
             Change::Insert { pk, new, .. } => {
@@ -170,6 +215,15 @@ mod tests {
         }
         assert!(matches!(&changes[2], Change::Update { pk: None, .. }));
         assert!(matches!(&changes[4], Change::Truncate { table, .. } if table == "t"));
+        assert_eq!(
+            changes[5],
+            Change::Sequence {
+                schema: "public".into(),
+                name: "t_id_seq".into(),
+                last_value: i64::MAX,
+                is_called: false,
+            }
+        );
     }
 
     #[test]
@@ -212,6 +266,30 @@ mod tests {
                 None,
             ]),
             row(&[Some("10")]),
+            row(&[
+                Some("11"),
+                Some("sequence"),
+                Some("s"),
+                Some("q"),
+                None,
+                None,
+                Some(r#"{"last_value": 1.5, "is_called": true}"#),
+                None,
+                None,
+                None,
+            ]),
+            row(&[
+                Some("12"),
+                Some("sequence"),
+                Some("s"),
+                Some("q"),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            ]),
         ];
         for r in bad {
             let e = changes_from_capture_text(&[r]).unwrap_err();

@@ -96,6 +96,14 @@ pub enum Change {
         object: Option<String>,
         sql: String,
     },
+    /// Where a sequence owned by a table the transaction inserted into (or truncated) stood when the
+    /// transaction ended: replay sets it with `setval(sequence, last_value, is_called)`.
+    Sequence {
+        schema: String,
+        name: String,
+        last_value: i64,
+        is_called: bool,
+    },
 }
 
 /// Every field a change may have, `kind` deciding which are required: how a stored record's changes are
@@ -113,6 +121,9 @@ struct ChangeFields {
     #[serde(default)]
     object: Option<String>,
     sql: Option<String>,
+    name: Option<String>,
+    last_value: Option<i64>,
+    is_called: Option<bool>,
 }
 
 impl TryFrom<ChangeFields> for Change {
@@ -151,6 +162,12 @@ impl TryFrom<ChangeFields> for Change {
                 tag: need(f.tag, k, "tag")?,
                 object: f.object,
                 sql: need(f.sql, k, "sql")?,
+            },
+            "sequence" => Change::Sequence {
+                schema: need(f.schema, k, "schema")?,
+                name: need(f.name, k, "name")?,
+                last_value: need(f.last_value, k, "last_value")?,
+                is_called: need(f.is_called, k, "is_called")?,
             },
             other => return Err(format!("unknown change kind {other:?}")),
         })
@@ -239,6 +256,20 @@ impl PartialEq for Change {
                     sql: q2,
                 },
             ) => g == g2 && o == o2 && q == q2,
+            (
+                Sequence {
+                    schema: s,
+                    name: n,
+                    last_value: v,
+                    is_called: c,
+                },
+                Sequence {
+                    schema: s2,
+                    name: n2,
+                    last_value: v2,
+                    is_called: c2,
+                },
+            ) => s == s2 && n == n2 && v == v2 && c == c2,
             _ => false,
         }
     }
@@ -269,7 +300,7 @@ impl Record {
         Ok(record)
     }
 
-    /// Row changes only (DDL and TRUNCATE excluded), for counting and rates.
+    /// Row changes only (DDL, TRUNCATE and sequence positions excluded), for counting and rates.
     pub fn row_changes(&self) -> usize {
         self.changes
             .iter()
@@ -338,6 +369,12 @@ mod tests {
                     schema: "public".into(),
                     table: "t".into(),
                 },
+                Change::Sequence {
+                    schema: "public".into(),
+                    name: "t_id_seq".into(),
+                    last_value: i64::MAX,
+                    is_called: true,
+                },
             ],
         }
     }
@@ -358,6 +395,11 @@ mod tests {
         assert_eq!(v["changes"][1]["pk"]["id"], 1);
         assert_eq!(v["changes"][0]["kind"], "ddl");
         assert_eq!(v["statements"][0]["params"][1], Value::Null);
+        assert_eq!(
+            v["changes"][5],
+            serde_json::json!({"kind": "sequence", "schema": "public", "name": "t_id_seq",
+                               "last_value": i64::MAX, "is_called": true})
+        );
     }
 
     #[test]

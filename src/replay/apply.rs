@@ -2,14 +2,17 @@
 //! checkpoint to the last of them, or, on any error, is rolled back whole.
 //!
 //! Consecutive inserts into one table (across records too) become one statement over a JSON array of their
-//! images; consecutive TRUNCATEs become one TRUNCATE (so a table and those referencing it go together, as
-//! CASCADE truncated them). Every update and delete must match exactly one row, or the batch stops.
-
-use std::pin::Pin;
-use std::task::Poll;
+//! images; consecutive updates and deletes become a few set statements ([`rows`]); consecutive TRUNCATEs
+//! become one TRUNCATE (so a table and those referencing it go together, as CASCADE truncated them);
+//! sequence positions are set together before the next DDL and at the end ([`sequences`]). Every update
+//! and delete must match exactly one row, or the batch stops. A batch whose set statements do not apply
+//! cleanly is rolled back and applied again row by row, which either names the change at fault or
+//! succeeds where only the source's order of changes could.
 
 use tokio_postgres::Client;
 
+use super::rows::{self, Mode};
+use super::sequences::Positions;
 use super::table::{Tables, ident};
 use super::{ReplayError, ReplayStats, checkpoint};
 use crate::log::Position;
@@ -18,9 +21,6 @@ use crate::record::{Change, Record};
 /// At most this many images go into one INSERT (a record may hold millions: its batch is not split, its
 /// statements are).
 const INSERT_RUN: usize = 5000;
-
-/// At most this many updates and deletes are in flight at once.
-const PIPELINE: usize = 256;
 
 /// DDL that fills the table it creates: its rows follow it in the record as inserts.
 const FILLING_DDL: [&str; 2] = ["CREATE TABLE AS", "SELECT INTO"];
@@ -34,26 +34,36 @@ pub async fn batch(
     let Some((last, _)) = records.last() else {
         return Ok(());
     };
-    target
-        .batch_execute(
-            "begin;
-             set local session_replication_role = replica;
-             set local extra_float_digits = 3;
-             set local intervalstyle = 'postgres';",
-        )
-        .await
-        .map_err(|e| ReplayError::target("start a batch", &e))?;
-    let mut counts = Counts::default();
-    let mut applied = changes(target, tables, records, &mut counts).await;
-    if applied.is_ok() {
-        applied = checkpoint::store(target, *last).await;
-    }
-    if let Err(e) = applied {
+    let mut mode = Mode::Sets;
+    let counts = loop {
+        target
+            .batch_execute(
+                "begin;
+                 set local session_replication_role = replica;
+                 set local extra_float_digits = 3;
+                 set local intervalstyle = 'postgres';",
+            )
+            .await
+            .map_err(|e| ReplayError::target("start a batch", &e))?;
+        let mut counts = Counts::default();
+        let mut applied = changes(target, tables, records, mode, &mut counts).await;
+        if applied.is_ok() {
+            applied = checkpoint::store(target, *last)
+                .await
+                .map_err(Failure::Stop);
+        }
+        let Err(failure) = applied else {
+            break counts;
+        };
         let _ = target.batch_execute("rollback").await;
         // Statements prepared in the rolled-back transaction may name tables it created.
         tables.clear();
-        return Err(e);
-    }
+        match failure {
+            Failure::Retry if mode == Mode::Sets => mode = Mode::Rows,
+            Failure::Retry => unreachable!("row by row asks for no retry"),
+            Failure::Stop(e) => return Err(e),
+        }
+    };
     target
         .batch_execute("commit")
         .await
@@ -63,6 +73,7 @@ pub async fn batch(
     stats.row_changes += counts.rows;
     stats.truncates += counts.truncates;
     stats.ddl += counts.ddl;
+    stats.sequences += counts.sequences;
     stats.batches += 1;
     Ok(())
 }
@@ -72,34 +83,43 @@ struct Counts {
     rows: u64,
     truncates: u64,
     ddl: u64,
+    sequences: u64,
 }
 
-/// A statement in flight: rows affected, or the target's refusal.
-type Answer<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + 'a>>;
+/// Why a batch's changes stopped.
+pub enum Failure {
+    /// A set statement failed, or changed another number of rows than it had changes: apply the batch
+    /// again row by row.
+    Retry,
+    /// Replay stops here.
+    Stop(ReplayError),
+}
+
+impl From<ReplayError> for Failure {
+    fn from(e: ReplayError) -> Failure {
+        Failure::Stop(e)
+    }
+}
 
 /// A change and where it is: (record position, index in the record).
-type At<'a> = (Position, usize, &'a Change);
+pub type At<'a> = (Position, usize, &'a Change);
 
 async fn changes(
     target: &Client,
     tables: &mut Tables,
     records: &[(Position, Record)],
+    mode: Mode,
     counts: &mut Counts,
-) -> Result<(), ReplayError> {
+) -> Result<(), Failure> {
     let all: Vec<At<'_>> = records
         .iter()
         .flat_map(|(p, r)| r.changes.iter().enumerate().map(move |(i, c)| (*p, i, c)))
         .collect();
+    let mut positions = Positions::default();
     let mut i = 0;
     while i < all.len() {
-        let (position, index, change) = all[i];
-        let refused = |e: tokio_postgres::Error| ReplayError::Change {
-            position,
-            index,
-            change: describe(change),
-            failure: Box::new((&e).into()),
-        };
-        match change {
+        let at = all[i];
+        match at.2 {
             Change::Insert { schema, table, .. } => {
                 let run = all[i..]
                     .iter()
@@ -108,7 +128,7 @@ async fn changes(
                         matches!(c, Change::Insert { schema: s, table: t, .. } if s == schema && t == table)
                     })
                     .count();
-                let t = table_of(target, tables, (position, index), schema, table).await?;
+                let t = table_of(target, tables, at).await?;
                 let mut images = String::from("[");
                 for (n, (_, _, c)) in all[i..i + run].iter().enumerate() {
                     if let Change::Insert { new, .. } = c {
@@ -122,63 +142,28 @@ async fn changes(
                 let rows = target
                     .execute(&t.insert, &[&images])
                     .await
-                    .map_err(refused)?;
-                expect(rows, run as u64, (position, index, change))?;
+                    .map_err(|e| refused(at, &e))?;
+                expect(rows, run as u64, at)?;
                 counts.rows += run as u64;
                 i += run;
             }
             Change::Update { .. } | Change::Delete { .. } => {
-                // Updates and deletes in a row are pipelined: sent together, answered in order. Each
-                // still finds and counts its own row, so a row changed twice is changed twice, in order.
                 let run = all[i..]
                     .iter()
-                    .take(PIPELINE)
                     .take_while(|(_, _, c)| {
                         matches!(c, Change::Update { .. } | Change::Delete { .. })
                     })
                     .count();
-                let mut statements = Vec::with_capacity(run);
-                for &(p, x, c) in &all[i..i + run] {
-                    let (Change::Update { schema, table, .. }
-                    | Change::Delete { schema, table, .. }) = c
-                    else {
-                        unreachable!("the run holds updates and deletes only")
-                    };
-                    statements.push(table_of(target, tables, (p, x), schema, table).await?);
-                }
-                let sent = all[i..i + run]
-                    .iter()
-                    .zip(&statements)
-                    .map(|(&(_, _, c), t)| {
-                        Box::pin(async move {
-                            match c {
-                                Change::Update { old, new, .. } => {
-                                    target.execute(&t.update, &[&old.get(), &new.get()]).await
-                                }
-                                Change::Delete { old, .. } => {
-                                    target.execute(&t.delete, &[&old.get()]).await
-                                }
-                                _ => unreachable!("the run holds updates and deletes only"),
-                            }
-                        }) as Answer<'_>
-                    });
-                let answers = in_order(sent.collect()).await;
-                for (&at, answer) in all[i..i + run].iter().zip(answers) {
-                    let rows = answer.map_err(|e| ReplayError::Change {
-                        position: at.0,
-                        index: at.1,
-                        change: describe(at.2),
-                        failure: Box::new((&e).into()),
-                    })?;
-                    expect(rows, 1, at)?;
-                }
+                rows::apply(target, tables, &all[i..i + run], mode).await?;
                 counts.rows += run as u64;
                 i += run;
             }
             Change::Truncate { .. } => {
                 let mut names: Vec<String> = Vec::new();
-                while let Some((p, x, Change::Truncate { schema, table })) = all.get(i).copied() {
-                    let t = table_of(target, tables, (p, x), schema, table).await?;
+                while let Some(at @ (_, _, Change::Truncate { .. })) = all.get(i).copied() {
+                    // TRUNCATE ... RESTART IDENTITY moves sequences back: this record's positions stand.
+                    positions.allow_decrease(at.0);
+                    let t = table_of(target, tables, at).await?;
                     // A partitioned table cannot be truncated ONLY; its partitions come with it, as they
                     // did in the source.
                     let name = if t.partitioned {
@@ -195,60 +180,59 @@ async fn changes(
                 target
                     .batch_execute(&format!("truncate {}", names.join(", ")))
                     .await
-                    .map_err(refused)?;
+                    .map_err(|e| refused(at, &e))?;
             }
             Change::Ddl { tag, object, sql } => {
-                target.batch_execute(sql).await.map_err(refused)?;
+                positions.set(target).await?;
+                target
+                    .batch_execute(sql)
+                    .await
+                    .map_err(|e| refused(at, &e))?;
                 tables.clear();
                 if let (true, Some(object)) = (FILLING_DDL.contains(&tag.as_str()), object) {
                     // The target computed its own rows; the record's inserts that follow are the source's.
                     target
                         .batch_execute(&format!("truncate only {object}"))
                         .await
-                        .map_err(refused)?;
+                        .map_err(|e| refused(at, &e))?;
                 }
                 counts.ddl += 1;
                 i += 1;
             }
+            Change::Sequence { .. } => {
+                positions.keep(at);
+                counts.sequences += 1;
+                i += 1;
+            }
         }
     }
+    positions.set(target).await?;
     Ok(())
 }
 
-/// Runs `futures` together, polling each for the first time in order: a tokio-postgres request is sent at
-/// its first poll, so the target receives, executes and answers them in this order.
-async fn in_order<'a, T>(mut futures: Vec<Pin<Box<dyn Future<Output = T> + 'a>>>) -> Vec<T> {
-    let mut answers: Vec<Option<T>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, answer) in futures.iter_mut().zip(answers.iter_mut()) {
-            if answer.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(v) => *answer = Some(v),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    answers
-        .into_iter()
-        .map(|a| a.expect("every future finished"))
-        .collect()
+/// The target refused the change at `at`.
+pub fn refused((position, index, change): At<'_>, e: &tokio_postgres::Error) -> ReplayError {
+    ReplayError::Change {
+        position,
+        index,
+        change: describe(change),
+        failure: Box::new(e.into()),
+    }
 }
 
-async fn table_of(
+/// The table a row change or TRUNCATE at `at` is about.
+pub async fn table_of(
     target: &Client,
     tables: &mut Tables,
-    (position, index): (Position, usize),
-    schema: &str,
-    table: &str,
+    (position, index, change): At<'_>,
 ) -> Result<std::sync::Arc<super::table::Table>, ReplayError> {
+    let (Change::Insert { schema, table, .. }
+    | Change::Update { schema, table, .. }
+    | Change::Delete { schema, table, .. }
+    | Change::Truncate { schema, table }) = change
+    else {
+        unreachable!("only row changes and TRUNCATE name a table")
+    };
     tables
         .get(target, schema, table)
         .await
@@ -260,7 +244,7 @@ async fn table_of(
         })
 }
 
-fn expect(rows: u64, want: u64, (position, index, change): At<'_>) -> Result<(), ReplayError> {
+pub fn expect(rows: u64, want: u64, (position, index, change): At<'_>) -> Result<(), ReplayError> {
     if rows == want {
         return Ok(());
     }
@@ -273,7 +257,7 @@ fn expect(rows: u64, want: u64, (position, index, change): At<'_>) -> Result<(),
 }
 
 /// A change in a few words, for errors: kind, table, key (images are left out, they can be huge).
-fn describe(change: &Change) -> String {
+pub fn describe(change: &Change) -> String {
     let key = |pk: &Option<crate::record::Json>| match pk {
         Some(pk) => format!(" {}", pk.get()),
         None => String::new(),
@@ -293,5 +277,11 @@ fn describe(change: &Change) -> String {
             Some(object) => format!("{tag} {object}"),
             None => tag.clone(),
         },
+        Change::Sequence {
+            schema,
+            name,
+            last_value,
+            is_called,
+        } => format!("setval of {schema}.{name} to {last_value} (is_called {is_called})"),
     }
 }

@@ -11,6 +11,10 @@
 mod apply;
 mod checkpoint;
 mod error;
+mod keys;
+mod pipeline;
+mod rows;
+mod sequences;
 mod table;
 
 use std::time::{Duration, Instant};
@@ -56,6 +60,8 @@ pub struct ReplayStats {
     pub row_changes: u64,
     pub truncates: u64,
     pub ddl: u64,
+    /// Sequence positions applied.
+    pub sequences: u64,
     /// Target transactions committed.
     pub batches: u64,
     pub elapsed: Duration,
@@ -164,6 +170,7 @@ pub async fn apply_log(
                 row_changes: t.row_changes + stats.row_changes,
                 truncates: t.truncates + stats.truncates,
                 ddl: t.ddl + stats.ddl,
+                sequences: t.sequences + stats.sequences,
                 batches: t.batches + stats.batches,
                 elapsed: Duration::ZERO,
             },

@@ -1,16 +1,19 @@
-//! What replay knows about one target table: its columns from the catalog and the three statements that
-//! apply row images to it, prepared once and cached until DDL may have changed the table.
+//! What replay knows about one target table: its columns from the catalog and the statements that apply
+//! row images to it, prepared once and cached until DDL may have changed the table.
 //!
 //! Images become rows through `jsonb_populate_record(set)` over the table's own row type, so every value
 //! goes through its type's input function from the exact text Postgres rendered. Generated columns are
 //! never written (the target computes them); identity columns are inserted with `OVERRIDING SYSTEM VALUE`.
 //! An update or delete finds its row by primary key, or, without one, by the whole old image compared with
-//! `*=` (binary equality, defined for every type), one row by `ctid`.
+//! `*=` (binary equality, defined for every type), one row by `ctid`. A table with a primary key also gets
+//! set statements that update or delete many rows at once, each found by the key of its old image.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio_postgres::{Client, Statement};
+
+use super::keys::Image;
 
 /// One table, ready to take images.
 pub struct Table {
@@ -23,6 +26,41 @@ pub struct Table {
     pub update: Statement,
     /// `$1`: old image.
     pub delete: Statement,
+    /// With a primary key only: the statements that change many rows at once, and what they need.
+    pub sets: Option<Sets>,
+}
+
+/// Set statements of a table with a primary key. Their old images are *old keys*: JSON objects of the
+/// key columns and the GENERATED ALWAYS identity columns of the old image ([`Sets::old_key`]).
+pub struct Sets {
+    /// `$1`: old keys, `$2`: new images (text arrays, the same length).
+    pub update: Statement,
+    /// `$1`: old keys (a text array).
+    pub delete: Statement,
+    /// The primary-key columns, then the GENERATED ALWAYS identity columns that are not in the key.
+    old_key_columns: Vec<String>,
+    /// How many of `old_key_columns` are the key.
+    key_len: usize,
+}
+
+impl Sets {
+    /// What a set statement needs of a change's old image: the row's identity (its key columns as JSON)
+    /// and its old key. `None` when the image is not a JSON object.
+    pub fn old_key(&self, old: &str) -> Option<(String, String)> {
+        let image = Image::parse(old)?;
+        let row = image.pick(&self.old_key_columns[..self.key_len]);
+        let key = if self.key_len == self.old_key_columns.len() {
+            row.clone()
+        } else {
+            image.pick(&self.old_key_columns)
+        };
+        Some((row, key))
+    }
+
+    /// The identity of the row a new image describes: its key columns as JSON.
+    pub fn row(&self, new: &str) -> Option<String> {
+        Some(Image::parse(new)?.pick(&self.old_key_columns[..self.key_len]))
+    }
 }
 
 /// Tables by (schema, name). Must be cleared after any DDL: a prepared statement knows the old columns.
@@ -134,6 +172,45 @@ async fn load(target: &Client, schema: &str, table: &str) -> Result<Table, tokio
             )
         })
         .collect();
+    let sets = if keys.is_empty() {
+        None
+    } else {
+        let where_keys = keys.join(" and ");
+        // Arrays, not JSON arrays: the planner knows unnest's row count from an array, so it finds the
+        // rows by key instead of hashing the whole table.
+        let update = format!(
+            "update {name} as waly_t set {} \
+             from unnest($1::text[], $2::text[]) as waly_e(old, new) \
+             cross join lateral jsonb_populate_record(null::{name}, waly_e.old::jsonb) as waly_o \
+             cross join lateral jsonb_populate_record(null::{name}, waly_e.new::jsonb) as waly_n \
+             where {where_keys}{unchanged_identity}",
+            settable.join(", ")
+        );
+        let delete = format!(
+            "delete from {name} as waly_t \
+             using pg_catalog.unnest($1::text[]) as waly_e(old) \
+             cross join lateral jsonb_populate_record(null::{name}, waly_e.old::jsonb) as waly_o \
+             where {where_keys}"
+        );
+        let mut old_key_columns: Vec<String> = columns
+            .iter()
+            .filter(|c| c.key)
+            .map(|c| c.name.clone())
+            .collect();
+        let key_len = old_key_columns.len();
+        old_key_columns.extend(
+            columns
+                .iter()
+                .filter(|c| c.always_identity && !c.key)
+                .map(|c| c.name.clone()),
+        );
+        Some(Sets {
+            update: target.prepare(&update).await?,
+            delete: target.prepare(&delete).await?,
+            old_key_columns,
+            key_len,
+        })
+    };
     let (update, delete) = if keys.is_empty() {
         // No primary key: the first row whose every column is binary-equal to the old image.
         let by_image = |p: &str| {
@@ -175,6 +252,7 @@ async fn load(target: &Client, schema: &str, table: &str) -> Result<Table, tokio
         insert: target.prepare(&insert).await?,
         update: target.prepare(&update).await?,
         delete: target.prepare(&delete).await?,
+        sets,
         name,
     })
 }

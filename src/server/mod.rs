@@ -6,6 +6,7 @@
 //! write protocol messages itself; that is the session's job.
 
 pub mod cancel;
+mod databases;
 pub mod tls;
 mod workers;
 
@@ -22,8 +23,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::AuthCatalog;
 use crate::classify::ClassStats;
+use crate::commit::{Resolver, recover_at_start};
 use crate::config::Config;
+use crate::log::{FileLog, FileLogConfig, Log, LogError};
 use cancel::CancelRegistry;
+pub use databases::Databases;
 
 /// Everything sessions share.
 pub struct ServerContext {
@@ -36,6 +40,14 @@ pub struct ServerContext {
     pub draining: CancellationToken,
     /// Cancelled when the shutdown timeout has passed: sessions close now.
     pub terminating: CancellationToken,
+    /// The write-ahead log every write transaction's record goes to.
+    pub log: Arc<dyn Log>,
+    /// This process's token in the gids it prepares (see [`crate::commit::gid`]).
+    pub boot: String,
+    /// Finishes prepared transactions of sessions that lost their backend mid-commit.
+    pub resolver: Resolver,
+    /// Databases whose waly schema this process has checked.
+    pub databases: Databases,
 }
 
 #[derive(Debug, Error)]
@@ -51,6 +63,8 @@ pub enum ServerError {
     Auth(String),
     #[error("cannot start worker threads: {0}")]
     Workers(std::io::Error),
+    #[error("cannot open the log: {0}")]
+    Log(#[from] LogError),
 }
 
 pub struct Server {
@@ -71,7 +85,26 @@ impl Server {
                     address: config.listen,
                     source,
                 })?;
+        let dir = FileLog::dir_in(&config.data_dir);
+        let log: Arc<dyn Log> = Arc::new(
+            tokio::task::spawn_blocking(move || FileLog::open(dir, FileLogConfig::default()))
+                .await
+                .map_err(|e| LogError::Unavailable {
+                    detail: e.to_string(),
+                })??,
+        );
+        let boot = format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros()
+        );
+        let log_id = log_id(&config.data_dir).map_err(|e| LogError::from_io("the log id", &e))?;
+        let boot = crate::commit::owner_token(&log_id, &boot);
+        start_recovery(&config, &log, &boot).await;
         let workers = workers::Workers::start(config.workers).map_err(ServerError::Workers)?;
+        let resolver = Resolver::start(config.clone());
         let ctx = Arc::new(ServerContext {
             config,
             auth,
@@ -80,6 +113,10 @@ impl Server {
             stats: Arc::default(),
             draining: CancellationToken::new(),
             terminating: CancellationToken::new(),
+            log,
+            boot,
+            resolver,
+            databases: Databases::default(),
         });
         Ok(Self {
             ctx,
@@ -155,6 +192,14 @@ impl Server {
             let _ = tokio::time::timeout(Duration::from_secs(5), sessions.wait()).await;
         }
         workers.stop();
+        let l = ctx.log.stats();
+        tracing::info!(
+            appends = l.appends,
+            batches = l.batches,
+            appends_per_batch = format!("{:.2}", l.appends_per_batch()),
+            failed_appends = l.failed_appends,
+            "log statistics"
+        );
         let s = ctx.stats.snapshot();
         tracing::info!(
             read = s.read,
@@ -166,6 +211,76 @@ impl Server {
             parses = s.parses,
             cache_hits = s.cache_hits,
             "waly stopped"
+        );
+    }
+}
+
+/// The id of the log in `data_dir`, created at its first use: it names the log in the gids waly prepares,
+/// so that recovery resolves only transactions recorded for this log.
+fn log_id(data_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = data_dir.join("log_id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+        ^ (u128::from(std::process::id()) << 64);
+    let id = format!(
+        "{:x}",
+        crc32c::crc32c(&seed.to_le_bytes()) as u64 | (u64::from(std::process::id()) << 32)
+    );
+    let tmp = data_dir.join("log_id.tmp");
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
+}
+
+/// Resolves what an earlier process left prepared. Waits briefly for Postgres; if it is not there yet,
+/// keeps trying in the background (gids of this process are never touched, so that is safe). A second
+/// pass a little later catches a PREPARE the previous process had sent that Postgres finished only after
+/// the first pass.
+async fn start_recovery(config: &Config, log: &Arc<dyn Log>, owner: &str) {
+    let first = recover_at_start(config, log.as_ref(), owner).await;
+    match &first {
+        Ok(report) => report_recovery(report),
+        Err(e) => {
+            tracing::warn!(error = %e, "recovery of prepared transactions postponed; retrying in the background")
+        }
+    }
+    let (config, log, owner) = (config.clone(), Arc::clone(log), owner.to_owned());
+    let mut pending_first = first.is_err();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(if pending_first { 2 } else { 10 })).await;
+            match recover_at_start(&config, log.as_ref(), &owner).await {
+                Ok(report) => {
+                    report_recovery(&report);
+                    if !pending_first {
+                        return;
+                    }
+                    pending_first = false;
+                }
+                Err(e) => tracing::debug!(error = %e, "recovery still postponed"),
+            }
+        }
+    });
+}
+
+fn report_recovery(report: &crate::commit::recovery::RecoveryReport) {
+    if report.committed.is_empty() && report.rolled_back.is_empty() {
+        tracing::debug!("recovery: no prepared transaction left in doubt");
+    } else {
+        tracing::info!(
+            committed = report.committed.len(),
+            rolled_back = report.rolled_back.len(),
+            "recovery resolved the prepared transactions an earlier run left"
         );
     }
 }

@@ -4,6 +4,8 @@
 //! A session owns exactly one backend connection for its whole life (session mode). It must never share
 //! that connection with another client, and never outlive it.
 
+mod flow;
+mod own;
 mod relay;
 mod stream;
 mod tracker;
@@ -24,6 +26,7 @@ use crate::auth::{self, LoginError, encode};
 use crate::classify::StatementCache;
 use crate::server::ServerContext;
 use crate::server::cancel::{CancelKey, CancelTarget};
+use crate::wire::frame::{FrameScanner, Origin};
 use crate::wire::startup::{StartupError, StartupPacket, read_startup_packet};
 use crate::wire::{PgError, SqlState};
 use relay::Relay;
@@ -38,6 +41,7 @@ struct Established {
     cancel_target: CancelTarget,
     user: String,
     database: String,
+    application_name: Option<String>,
 }
 
 /// Serves one accepted connection to its end. The session's span is entered for the handshake and for
@@ -64,7 +68,19 @@ pub async fn serve(
         cancel_target,
         user,
         database,
+        application_name,
     } = session;
+    let write = relay::WriteContext {
+        log: Arc::clone(&ctx.log),
+        session: crate::record::SessionInfo {
+            user: user.clone(),
+            database: database.clone(),
+            application_name,
+            client_addr: peer.to_string(),
+        },
+        boot: ctx.boot.clone(),
+        resolver: ctx.resolver.clone(),
+    };
     let tracker = ProtocolTracker::new(StatementCache::new(Arc::clone(&ctx.stats)));
     let (backend_r, backend_w) = backend.into_split();
     let backend = Backend {
@@ -76,11 +92,20 @@ pub async fn serve(
     let (ending, tracker) = match client {
         ClientStream::Plain(tcp) => {
             let (client_r, client_w) = tcp.into_split();
-            run_relay(client_r, client_w, false, backend, &ctx, span.clone()).await
+            run_relay(
+                client_r,
+                client_w,
+                false,
+                backend,
+                write,
+                &ctx,
+                span.clone(),
+            )
+            .await
         }
         ClientStream::Tls(tls) => {
             let (client_r, client_w) = tokio::io::split(*tls);
-            run_relay(client_r, client_w, true, backend, &ctx, span.clone()).await
+            run_relay(client_r, client_w, true, backend, write, &ctx, span.clone()).await
         }
     };
     drop(cancel_key);
@@ -107,6 +132,7 @@ async fn run_relay<CR, CW>(
     client_w: CW,
     client_needs_flushing: bool,
     backend: Backend,
+    write: relay::WriteContext,
     ctx: &ServerContext,
     span: tracing::Span,
 ) -> (relay::Ending, ProtocolTracker)
@@ -125,6 +151,10 @@ where
         span,
         draining: ctx.draining.clone(),
         terminating: ctx.terminating.clone(),
+        write,
+        flow: flow::Flow::default(),
+        client_frames: FrameScanner::new(Origin::Frontend),
+        backend_frames: FrameScanner::new(Origin::Backend),
     };
     let ending = relay.run().await;
     (ending, relay.tracker)
@@ -290,6 +320,14 @@ async fn handshake(stream: TcpStream, ctx: &ServerContext) -> Option<Established
         }
     };
 
+    // Every database waly serves carries its capture schema before the first statement is relayed
+    // (checked after Postgres accepted the login, so its own refusals come first).
+    if let Err(e) = ctx.databases.ensure_migrated(&ctx.config, &database).await {
+        tracing::warn!(%database, error = %e, "cannot serve the database without waly's schema");
+        refuse(&mut client, e).await;
+        return None;
+    }
+
     let cancel_target = CancelTarget {
         address: ctx.config.upstream.address(),
         backend_pid: login.pid,
@@ -310,6 +348,7 @@ async fn handshake(stream: TcpStream, ctx: &ServerContext) -> Option<Established
         backend: login.stream,
         cancel_key,
         cancel_target,
+        application_name: StartupPacket::param(&params, "application_name").map(str::to_owned),
         user,
         database,
     })

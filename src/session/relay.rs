@@ -4,7 +4,8 @@
 //! while the buffer towards the other side is below a high-water mark, and writes whenever there is
 //! something to write. It therefore never blocks one direction on the other, so a pipelining client and a
 //! backend streaming results cannot deadlock through waly. Bytes are forwarded unchanged; only message
-//! boundaries are tracked, and only the messages the tracker needs are looked at.
+//! boundaries are tracked, and only the messages the tracker and the write path ([`super::flow`]) need are
+//! looked at. The write path decides where transactions end and runs the commit protocol there.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -14,9 +15,13 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::tracker::{ProtocolTracker, inspect_backend, inspect_frontend};
+use super::flow::{Flow, Pumped};
+use super::tracker::ProtocolTracker;
+use crate::commit::Resolver;
+use crate::log::Log;
+use crate::record::SessionInfo;
 use crate::server::cancel::CancelTarget;
-use crate::wire::frame::{FrameScanner, Origin, Scan};
+use crate::wire::frame::FrameScanner;
 use crate::wire::{FrameError, PgError, SqlState};
 
 /// Bytes read per system call.
@@ -56,6 +61,18 @@ pub struct Relay<CR, CW> {
     pub span: tracing::Span,
     pub draining: tokio_util::sync::CancellationToken,
     pub terminating: tokio_util::sync::CancellationToken,
+    pub write: WriteContext,
+    pub flow: Flow,
+    pub client_frames: FrameScanner,
+    pub backend_frames: FrameScanner,
+}
+
+/// What the commit protocol needs from the server and the session.
+pub struct WriteContext {
+    pub log: std::sync::Arc<dyn Log>,
+    pub session: SessionInfo,
+    pub boot: String,
+    pub resolver: Resolver,
 }
 
 enum Event {
@@ -68,11 +85,11 @@ enum Event {
     Terminating,
 }
 
-struct Buffers {
-    from_client: BytesMut,
-    to_backend: BytesMut,
-    from_backend: BytesMut,
-    to_client: BytesMut,
+pub(super) struct Buffers {
+    pub from_client: BytesMut,
+    pub to_backend: BytesMut,
+    pub from_backend: BytesMut,
+    pub to_client: BytesMut,
 }
 
 impl<CR, CW> Relay<CR, CW>
@@ -87,8 +104,6 @@ where
             from_backend: BytesMut::new(),
             to_client: BytesMut::new(),
         };
-        let mut client_frames = FrameScanner::new(Origin::Frontend);
-        let mut backend_frames = FrameScanner::new(Origin::Backend);
         let mut client_needs_flush = false;
         let mut draining = false;
         let mut client_terminated = false;
@@ -99,7 +114,11 @@ where
         tokio::pin!(drain_signal, terminate_signal);
 
         loop {
-            if draining && self.tracker.idle() && b.to_backend.is_empty() && b.to_client.is_empty()
+            if draining
+                && self.tracker.idle()
+                && self.flow.settled()
+                && b.to_backend.is_empty()
+                && b.to_client.is_empty()
             {
                 return self.close_for_shutdown(b).await;
             }
@@ -118,7 +137,8 @@ where
                 r = self.backend_r.read_buf(&mut b.from_backend),
                     if b.to_client.len() < HIGH_WATER => Event::BackendRead(r),
                 r = self.client_r.read_buf(&mut b.from_client),
-                    if !client_terminated && b.to_backend.len() < HIGH_WATER => Event::ClientRead(r),
+                    if !client_terminated && b.to_backend.len() < HIGH_WATER
+                        && b.from_client.len() < HIGH_WATER => Event::ClientRead(r),
                 r = self.backend_w.write(&b.to_backend), if !b.to_backend.is_empty() => Event::BackendWrote(r),
                 event = write_or_flush(&mut self.client_w, &b.to_client),
                     if !b.to_client.is_empty() || client_needs_flush => event,
@@ -131,50 +151,39 @@ where
                     return self.client_gone().await;
                 }
                 Event::ClientRead(Ok(_)) => {
-                    let mut consumed = 0;
-                    let violation = loop {
-                        match client_frames.next(&b.from_client[consumed..], inspect_frontend) {
-                            Ok(Scan::Pass(n)) => consumed += n,
-                            Ok(Scan::Message { tag, body, len }) => {
-                                self.tracker.on_frontend(tag, body);
-                                consumed += len;
-                                if tag == b'X' {
-                                    client_terminated = true;
-                                    break None;
-                                }
-                            }
-                            Ok(Scan::NeedMore) => break None,
-                            Err(e) => break Some(e),
-                        }
-                    };
-                    forward(&mut b.from_client, consumed, &mut b.to_backend);
-                    if let Some(e) = violation {
-                        return self.protocol_violation(e, b).await;
+                    match self.pump_client(&mut b).await {
+                        Ok(Pumped::Idle) => {}
+                        Ok(Pumped::Terminated) => client_terminated = true,
+                        Err(ending) => return self.conclude(ending, b).await,
                     }
                     if write_now(&mut self.backend_w, &mut b.to_backend).is_err() {
                         return self.backend_gone(b).await;
+                    }
+                    // The write path may have answered the client itself.
+                    if !b.to_client.is_empty()
+                        && write_now(&mut self.client_w, &mut b.to_client).is_err()
+                    {
+                        return self.client_gone().await;
                     }
                 }
                 Event::BackendRead(Ok(0)) | Event::BackendRead(Err(_)) => {
                     return self.backend_gone(b).await;
                 }
                 Event::BackendRead(Ok(_)) => {
-                    let mut consumed = 0;
-                    loop {
-                        match backend_frames.next(&b.from_backend[consumed..], inspect_backend) {
-                            Ok(Scan::Pass(n)) => consumed += n,
-                            Ok(Scan::Message { tag, body, len }) => {
-                                self.tracker.on_backend(tag, body);
-                                consumed += len;
-                            }
-                            Ok(Scan::NeedMore) => break,
-                            Err(e) => {
-                                self.span.in_scope(|| tracing::error!(error = %e, "Postgres sent an invalid message; closing the session"));
-                                return self.backend_gone(b).await;
-                            }
+                    if let Err(ending) = self.route_backend(&mut b).await {
+                        return self.conclude(ending, b).await;
+                    }
+                    // Requests held for a transaction status may go now.
+                    if !client_terminated && (!b.from_client.is_empty() || self.flow.has_pieces()) {
+                        match self.pump_client(&mut b).await {
+                            Ok(Pumped::Idle) => {}
+                            Ok(Pumped::Terminated) => client_terminated = true,
+                            Err(ending) => return self.conclude(ending, b).await,
                         }
                     }
-                    forward(&mut b.from_backend, consumed, &mut b.to_client);
+                    if write_now(&mut self.backend_w, &mut b.to_backend).is_err() {
+                        return self.backend_gone(b).await;
+                    }
                     let before = b.to_client.len();
                     if write_now(&mut self.client_w, &mut b.to_client).is_err() {
                         return self.client_gone().await;
@@ -194,6 +203,18 @@ where
                 Event::Draining => draining = true,
                 Event::Terminating => return self.close_for_shutdown(b).await,
             }
+        }
+    }
+
+    /// Ends the session for a reason the write path gave.
+    async fn conclude(&mut self, ending: Ending, b: Buffers) -> Ending {
+        match ending {
+            Ending::BackendGone => self.backend_gone(b).await,
+            Ending::ProtocolViolation => {
+                self.finish_client(&b.to_client).await;
+                Ending::ProtocolViolation
+            }
+            other => other,
         }
     }
 
@@ -225,7 +246,9 @@ where
         Ending::BackendGone
     }
 
-    async fn protocol_violation(&mut self, e: FrameError, mut b: Buffers) -> Ending {
+    /// The client broke the protocol: Postgres is told to stop, the client gets FATAL 08P01 (queued in
+    /// `to_client`; the caller closes).
+    pub(super) async fn protocol_violation(&mut self, e: FrameError, b: &mut Buffers) -> Ending {
         self.span.in_scope(
             || tracing::warn!(error = %e, "client broke the protocol; closing its session"),
         );
@@ -235,7 +258,6 @@ where
         }
         let _ = tokio::time::timeout(CLOSE_GRACE, self.backend_w.write_all(&TERMINATE)).await;
         PgError::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()).encode(&mut b.to_client);
-        self.finish_client(&b.to_client).await;
         Ending::ProtocolViolation
     }
 
@@ -286,7 +308,7 @@ fn reserve(buf: &mut BytesMut) {
 }
 
 /// Moves the first `n` bytes of `from` to the end of `to`; swaps buffers instead of copying when it can.
-fn forward(from: &mut BytesMut, n: usize, to: &mut BytesMut) {
+pub(super) fn forward(from: &mut BytesMut, n: usize, to: &mut BytesMut) {
     if n == 0 {
         return;
     }
@@ -300,7 +322,10 @@ fn forward(from: &mut BytesMut, n: usize, to: &mut BytesMut) {
 
 /// Writes as much of `buf` as the socket takes now, without waiting: the common case (a small reply to a
 /// small request) then leaves in the same turn it arrived in. Whatever is left is written by the loop.
-fn write_now<W: AsyncWrite + Unpin>(w: &mut W, buf: &mut BytesMut) -> std::io::Result<()> {
+pub(super) fn write_now<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    buf: &mut BytesMut,
+) -> std::io::Result<()> {
     let mut cx = Context::from_waker(Waker::noop());
     while !buf.is_empty() {
         match Pin::new(&mut *w).poll_write(&mut cx, buf) {

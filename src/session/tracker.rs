@@ -1,12 +1,15 @@
 //! What the session knows about the protocol conversation: prepared statements and portals with their
 //! classifications, requests awaiting `ReadyForQuery`, and the transaction status.
 //!
-//! It observes messages; it never changes or withholds them. The write path hooks in here.
+//! It observes messages; it never changes or withholds them. It sees the conversation as the client sees
+//! it: every client message, and the backend messages the client receives (waly's own exchanges with the
+//! backend are not shown to it). The write path ([`super::flow`]) asks it what each request is.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::classify::{Classification, StatementCache};
+use crate::record::Statement;
 use crate::wire::messages;
 
 /// Frontend message types the tracker must see whole.
@@ -17,15 +20,26 @@ pub fn inspect_frontend(tag: u8) -> bool {
     )
 }
 
-/// Backend message types the tracker must see whole.
-pub fn inspect_backend(tag: u8) -> bool {
-    matches!(tag, b'Z' | b'E')
+/// A prepared statement or portal: its classification, and for statements that may write, its text (and a
+/// portal's bind parameters) for the record.
+#[derive(Clone)]
+struct Known {
+    class: Arc<Classification>,
+    sql: Option<Arc<str>>,
+    params: Vec<Option<String>>,
+}
+
+/// What a Query or an Execute runs.
+pub struct Seen {
+    pub class: Arc<Classification>,
+    /// The statement as it goes into the record, when it may write.
+    pub statement: Option<Statement>,
 }
 
 pub struct ProtocolTracker {
     cache: StatementCache,
-    prepared: HashMap<String, Arc<Classification>>,
-    portals: HashMap<String, Arc<Classification>>,
+    prepared: HashMap<String, Known>,
+    portals: HashMap<String, Known>,
     /// Query, FunctionCall and Sync messages sent whose `ReadyForQuery` has not come back.
     awaiting_ready: usize,
     /// Extended-protocol messages sent since the last Sync.
@@ -74,13 +88,24 @@ impl ProtocolTracker {
         }
     }
 
-    pub fn on_frontend(&mut self, tag: u8, body: &[u8]) {
+    /// The classification of a statement text (cached).
+    pub fn classify(&mut self, sql: &str) -> Arc<Classification> {
+        self.cache.classify(sql)
+    }
+
+    /// Takes note of one client message. For a Query or an Execute, says what it runs.
+    pub fn on_frontend(&mut self, tag: u8, body: &[u8]) -> Option<Seen> {
         match tag {
             b'Q' => {
                 self.awaiting_ready += 1;
                 if let Some(sql) = messages::query_text(body) {
                     let class = self.cache.classify(sql);
                     self.executed(&class);
+                    let statement = class.may_write().then(|| Statement {
+                        sql: sql.to_owned(),
+                        params: Vec::new(),
+                    });
+                    return Some(Seen { class, statement });
                 }
             }
             b'F' => self.awaiting_ready += 1,
@@ -92,18 +117,29 @@ impl ProtocolTracker {
                 self.unsynced = true;
                 if let Some((name, sql)) = messages::parse_message(body) {
                     let class = self.cache.classify(sql);
-                    self.prepared.insert(name.to_owned(), class);
+                    let sql = class.may_write().then(|| Arc::from(sql));
+                    self.prepared.insert(
+                        name.to_owned(),
+                        Known {
+                            class,
+                            sql,
+                            params: Vec::new(),
+                        },
+                    );
                 }
             }
             b'B' => {
                 self.unsynced = true;
                 if let Some((portal, statement)) = messages::bind_message(body) {
-                    match (self.prepared.get(statement), self.portals.get_mut(portal)) {
-                        (Some(class), Some(slot)) => *slot = Arc::clone(class),
-                        (Some(class), None) => {
-                            self.portals.insert(portal.to_owned(), Arc::clone(class));
+                    match self.prepared.get(statement) {
+                        Some(known) => {
+                            let mut known = known.clone();
+                            if known.sql.is_some() {
+                                known.params = messages::bind_params(body).unwrap_or_default();
+                            }
+                            self.portals.insert(portal.to_owned(), known);
                         }
-                        (None, _) => {
+                        None => {
                             self.portals.remove(portal);
                         }
                     }
@@ -111,11 +147,19 @@ impl ProtocolTracker {
             }
             b'E' => {
                 self.unsynced = true;
-                if let Some(class) = messages::execute_portal(body)
+                if let Some(known) = messages::execute_portal(body)
                     .and_then(|p| self.portals.get(p))
                     .cloned()
                 {
-                    self.executed(&class);
+                    self.executed(&known.class);
+                    let statement = known.sql.map(|sql| Statement {
+                        sql: sql.to_string(),
+                        params: known.params,
+                    });
+                    return Some(Seen {
+                        class: known.class,
+                        statement,
+                    });
                 }
             }
             b'C' => {
@@ -130,6 +174,7 @@ impl ProtocolTracker {
             b'D' | b'H' => self.unsynced = true,
             _ => {}
         }
+        None
     }
 
     pub fn on_backend(&mut self, tag: u8, body: &[u8]) {

@@ -170,7 +170,10 @@ impl Waly {
         let child = Command::new(env!("CARGO_BIN_EXE_waly"))
             .args(["serve", "--config", config.to_str().unwrap()])
             .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", "waly=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("WALY_TEST_LOG").unwrap_or_else(|_| "waly=debug".into()),
+            )
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())
             .spawn()
@@ -335,5 +338,213 @@ pub fn assert_same_dump(left: &str, right: &str) {
             l.get(i),
             r.get(i)
         );
+    }
+}
+
+/// A plain dump of a database's application schemas, normalised for comparison: waly's own objects (its
+/// schemas, the capture triggers, the event triggers) left out, COPY rows sorted (pg_dump writes rows in
+/// heap order, which differs between a live database and its replay). Sequence positions are kept.
+pub fn dump_app(url: &str) -> String {
+    let out = run_ok(
+        Command::new("pg_dump").args([
+            "--no-owner",
+            "--no-privileges",
+            "-N",
+            "waly",
+            "-N",
+            "waly_replay",
+            "-d",
+            url,
+        ]),
+        "pg_dump",
+    );
+    let mut blocks = Vec::new();
+    for block in out.split("\n\n") {
+        if block.contains("waly") {
+            continue;
+        }
+        let mut lines: Vec<&str> = block
+            .lines()
+            .filter(|l| {
+                !l.starts_with("--")
+                    && !l.starts_with("\\restrict")
+                    && !l.starts_with("\\unrestrict")
+                    && !l.is_empty()
+            })
+            .collect();
+        if lines.first().is_some_and(|l| l.starts_with("COPY ")) {
+            let end = lines.len() - usize::from(lines.last() == Some(&"\\."));
+            lines[1..end].sort_unstable();
+        }
+        if !lines.is_empty() {
+            blocks.push(lines.join("\n"));
+        }
+    }
+    blocks.join("\n\n")
+}
+
+impl Waly {
+    /// Runs `waly replay` with this waly's configuration into `target`; returns its output.
+    pub fn replay_into(&self, target: &str) -> String {
+        run_ok(
+            Command::new(env!("CARGO_BIN_EXE_waly"))
+                .args([
+                    "replay",
+                    "--config",
+                    path_str(&self.dir.path().join("waly.yaml")),
+                    "--target",
+                    target,
+                ])
+                .env("WALY_TEST_PW", PG_PASSWORD),
+            "waly replay",
+        )
+    }
+
+    /// How many records the log holds now.
+    pub async fn log_end(&self) -> u64 {
+        waly::log::FileLog::open_read_only(self.data_dir().join("log"))
+            .expect("open the log read-only")
+            .end()
+            .await
+            .expect("the log's end")
+            .0
+    }
+
+    /// Every record in the log, in order.
+    pub async fn records(&self) -> Vec<waly::record::Record> {
+        let reader = waly::log::FileLog::open_read_only(self.data_dir().join("log"))
+            .expect("open the log read-only");
+        reader
+            .read(waly::log::Position(0), usize::MAX)
+            .await
+            .expect("read the log")
+            .into_iter()
+            .map(|e| waly::record::Record::from_json(&e.payload).expect("a readable record"))
+            .collect()
+    }
+}
+
+// ---- Crash suite helpers (tests/crash.rs): restarting waly on its data directory, private clusters. ----
+
+impl Waly {
+    /// The configuration file this process was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("waly.yaml")
+    }
+
+    /// The data directory the configuration names (`<tempdir>/data`); an environment override
+    /// (`WALY_DATA_DIR`) is not reflected here.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits (up to `timeout`) for the process to exit; panics if it does not.
+    pub fn stop_gracefully(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.terminate();
+        match self.wait_exit(timeout) {
+            Some(status) => status,
+            None => panic!("waly did not exit after SIGTERM:\n{}", self.logs()),
+        }
+    }
+
+    /// Starts `waly serve` again with the same configuration file (same port, same data directory), after
+    /// the previous process exited or was killed; its output is appended to the same log file. `env` is
+    /// what [`WalyOptions::env`] was. Returns once the port accepts connections.
+    pub fn respawn(&mut self, env: &[(String, String)]) {
+        if self.child_alive() {
+            self.kill9();
+        }
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.log)
+            .unwrap();
+        self.child = Command::new(env!("CARGO_BIN_EXE_waly"))
+            .args(["serve", "--config", self.config_path().to_str().unwrap()])
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env(
+                "RUST_LOG",
+                std::env::var("WALY_TEST_LOG").unwrap_or_else(|_| "waly=debug".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn waly");
+        self.wait_ready();
+    }
+}
+
+/// A private Postgres cluster (for tests that must not disturb the shared one: restarting Postgres, or
+/// leaving prepared transactions that another waly's start-up recovery would resolve), stopped and deleted
+/// when dropped.
+pub struct PrivatePostgres {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl PrivatePostgres {
+    pub fn start(prefix: &str) -> PrivatePostgres {
+        std::fs::create_dir_all(target_dir()).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(target_dir())
+            .unwrap();
+        let pg = PrivatePostgres {
+            port: free_port(),
+            dir,
+        };
+        pg.pg_sh("start");
+        pg
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("pg")
+    }
+
+    /// Runs `scripts/pg.sh start|stop` on this cluster; panics with its output on failure.
+    pub fn pg_sh(&self, cmd: &str) {
+        let data = self.data();
+        let mut c = Command::new(project_root().join("scripts/pg.sh"));
+        c.arg(cmd).arg(&data).env("PGPASSWORD", PG_PASSWORD);
+        if cmd == "start" {
+            c.arg(self.port.to_string());
+        }
+        run_ok(&mut c, &format!("scripts/pg.sh {cmd} {}", data.display()));
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres:{PG_PASSWORD}@127.0.0.1:{}/{db}",
+            self.port
+        )
+    }
+
+    pub fn create_db(&self, prefix: &str) -> String {
+        let name = format!("{prefix}_{}", unique());
+        psql(&self.url("postgres"), &format!("CREATE DATABASE {name}"));
+        name
+    }
+
+    /// Options for a waly in front of this cluster.
+    pub fn waly_options(&self) -> WalyOptions {
+        WalyOptions {
+            upstream_port: self.port,
+            ..WalyOptions::default()
+        }
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = Command::new(project_root().join("scripts/pg.sh"))
+            .arg("stop")
+            .arg(self.data())
+            .output();
     }
 }

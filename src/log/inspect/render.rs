@@ -184,6 +184,15 @@ fn change_line(change: &Change) -> String {
             json(old)
         ),
         Change::Truncate { schema, table } => format!("truncate {}", relation(schema, table)),
+        Change::Sequence {
+            schema,
+            name,
+            last_value,
+            is_called,
+        } => format!(
+            "sequence {} last_value={last_value} is_called={is_called}",
+            relation(schema, name)
+        ),
         Change::Ddl { tag, object, sql } => {
             let sql = sql.split_whitespace().collect::<Vec<_>>().join(" ");
             let tag = clean(tag, VALUE_WIDTH);

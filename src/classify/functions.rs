@@ -1,0 +1,196 @@
+//! Built-in functions known not to change data, so that a SELECT calling only these stays a read.
+//!
+//! Anything not listed (a user's function, `nextval`, `set_config`, `pg_advisory_lock`, ...) makes the
+//! SELECT "may write": in autocommit waly then wraps it in a transaction and runs the commit protocol,
+//! which costs a little and logs nothing when nothing was written. Missing a read here costs speed; listing
+//! a writer here would lose a write, so the list is conservative and holds only Postgres built-ins.
+
+/// True when `name` (as pg_query reports it: `name` or `schema.name`) is a read-only built-in.
+pub fn is_known_read_only(name: &str) -> bool {
+    let bare = match name.split_once('.') {
+        Some(("pg_catalog", bare)) => bare,
+        Some(_) => return false,
+        None => name,
+    };
+    let bare = bare.to_ascii_lowercase();
+    READ_ONLY.binary_search(&bare.as_str()).is_ok()
+}
+
+/// Sorted (checked by a test): binary search.
+const READ_ONLY: &[&str] = &[
+    "abs",
+    "age",
+    "array_agg",
+    "array_length",
+    "array_lower",
+    "array_position",
+    "array_to_json",
+    "array_to_string",
+    "array_upper",
+    "avg",
+    "bit_length",
+    "bool_and",
+    "bool_or",
+    "btrim",
+    "cardinality",
+    "ceil",
+    "ceiling",
+    "char_length",
+    "character_length",
+    "coalesce",
+    "col_description",
+    "concat",
+    "concat_ws",
+    "count",
+    "current_database",
+    "current_schema",
+    "current_schemas",
+    "current_setting",
+    "current_user",
+    "date_part",
+    "date_trunc",
+    "decode",
+    "dense_rank",
+    "encode",
+    "every",
+    "exp",
+    "extract",
+    "first_value",
+    "floor",
+    "format",
+    "format_type",
+    "generate_series",
+    "generate_subscripts",
+    "greatest",
+    "has_database_privilege",
+    "has_schema_privilege",
+    "has_table_privilege",
+    "inet_client_addr",
+    "inet_server_addr",
+    "initcap",
+    "json_agg",
+    "json_array_length",
+    "json_build_array",
+    "json_build_object",
+    "json_extract_path",
+    "json_extract_path_text",
+    "json_object_agg",
+    "jsonb_agg",
+    "jsonb_array_elements",
+    "jsonb_array_elements_text",
+    "jsonb_array_length",
+    "jsonb_build_array",
+    "jsonb_build_object",
+    "jsonb_each",
+    "jsonb_each_text",
+    "jsonb_extract_path",
+    "jsonb_extract_path_text",
+    "jsonb_object_agg",
+    "jsonb_object_keys",
+    "jsonb_pretty",
+    "jsonb_set",
+    "jsonb_typeof",
+    "lag",
+    "last_value",
+    "lead",
+    "least",
+    "left",
+    "length",
+    "ln",
+    "localtimestamp",
+    "log",
+    "lower",
+    "lpad",
+    "ltrim",
+    "make_date",
+    "make_interval",
+    "make_timestamp",
+    "make_timestamptz",
+    "max",
+    "md5",
+    "min",
+    "mod",
+    "now",
+    "nullif",
+    "obj_description",
+    "octet_length",
+    "overlay",
+    "pg_backend_pid",
+    "pg_column_size",
+    "pg_database_size",
+    "pg_get_constraintdef",
+    "pg_get_expr",
+    "pg_get_indexdef",
+    "pg_get_serial_sequence",
+    "pg_get_userbyid",
+    "pg_get_viewdef",
+    "pg_is_in_recovery",
+    "pg_relation_size",
+    "pg_size_pretty",
+    "pg_table_is_visible",
+    "pg_table_size",
+    "pg_total_relation_size",
+    "pg_type_is_visible",
+    "position",
+    "power",
+    "quote_ident",
+    "quote_literal",
+    "rank",
+    "regexp_match",
+    "regexp_matches",
+    "regexp_replace",
+    "regexp_split_to_array",
+    "repeat",
+    "replace",
+    "reverse",
+    "right",
+    "round",
+    "row_number",
+    "row_to_json",
+    "rpad",
+    "rtrim",
+    "sign",
+    "split_part",
+    "sqrt",
+    "statement_timestamp",
+    "string_agg",
+    "strpos",
+    "substr",
+    "substring",
+    "sum",
+    "timezone",
+    "to_char",
+    "to_date",
+    "to_json",
+    "to_jsonb",
+    "to_number",
+    "to_timestamp",
+    "transaction_timestamp",
+    "translate",
+    "trim",
+    "trunc",
+    "unnest",
+    "upper",
+    "version",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_is_sorted_for_binary_search() {
+        assert!(READ_ONLY.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn built_ins_read_user_functions_may_write() {
+        assert!(is_known_read_only("count"));
+        assert!(is_known_read_only("pg_catalog.now"));
+        assert!(is_known_read_only("LOWER"));
+        assert!(!is_known_read_only("nextval"));
+        assert!(!is_known_read_only("public.count"));
+        assert!(!is_known_read_only("transfer_funds"));
+        assert!(!is_known_read_only("set_config"));
+    }
+}

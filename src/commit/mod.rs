@@ -1,0 +1,63 @@
+//! The commit protocol: how a write transaction's record becomes durable before its commit becomes
+//! visible (DESIGN.md, invariants 1 to 3).
+//!
+//! At the client's COMMIT (or at the end of an autocommit statement the session wrapped in a transaction),
+//! the session hands its backend connection to [`commit`], which: makes deferred constraints fire, takes
+//! this transaction's capture rows, builds the [`Record`], `PREPARE TRANSACTION`s it, appends the record
+//! and waits until the log says it is durable, then `COMMIT PREPARED`s it. A failed append rolls the
+//! prepared transaction back. [`recovery`] resolves what a crash left prepared: committed when its record
+//! is in the log, rolled back otherwise.
+//!
+//! This module owns that sequence and its failure cases. It never reads or writes client messages and
+//! never decides *when* a transaction ends: that is the session's job.
+
+mod backend;
+mod protocol;
+pub mod recovery;
+
+pub use backend::{Backend, BackendLost, QueryResult, Reply, ServerError};
+pub use protocol::{Failure, Lost, Outcome, commit};
+pub use recovery::{Resolver, recover_at_start};
+
+/// The prefix of every global transaction identifier waly prepares; nothing else may use it.
+pub const GID_PREFIX: &str = "waly_";
+
+/// The gid of transaction `txid` prepared by the process `owner` (see [`owner_token`]).
+pub fn gid(owner: &str, txid: &str) -> String {
+    format!("{GID_PREFIX}{owner}_{txid}")
+}
+
+/// The token that names who prepared a transaction: the log it is recorded in (`log_id`, fixed for a
+/// data directory) and the process (`boot`, new at every start). Recovery resolves only gids of its own
+/// log, and never those of its own process, so it cannot touch the in-flight commits of another waly
+/// (another log) or of its own sessions.
+pub fn owner_token(log_id: &str, boot: &str) -> String {
+    format!("{log_id}-{boot}")
+}
+
+/// The owner token of a gid made by [`gid`].
+pub fn gid_owner(gid: &str) -> Option<&str> {
+    gid.strip_prefix(GID_PREFIX)?
+        .rsplit_once('_')
+        .map(|(owner, _)| owner)
+}
+
+/// The log id of an owner token.
+pub fn owner_log(owner: &str) -> &str {
+    owner.split_once('-').map_or(owner, |(log, _)| log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gids_carry_their_log_and_process() {
+        let owner = owner_token("9f3c", "1a2b");
+        let g = gid(&owner, "7781");
+        assert_eq!(g, "waly_9f3c-1a2b_7781");
+        assert_eq!(gid_owner(&g), Some("9f3c-1a2b"));
+        assert_eq!(owner_log("9f3c-1a2b"), "9f3c");
+        assert_eq!(gid_owner("other_1_2"), None);
+    }
+}

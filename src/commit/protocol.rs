@@ -1,0 +1,218 @@
+//! The sequence itself: capture, record, PREPARE, durable append, COMMIT PREPARED.
+
+use bytes::Bytes;
+
+use super::backend::{Backend, BackendLost, Reply, ServerError};
+use crate::log::{Log, Position};
+use crate::record::{
+    CAPTURE_COLUMNS, FORMAT_VERSION, Record, SessionInfo, Statement, changes_from_capture_text,
+};
+use crate::wire::{PgError, SqlState};
+
+/// How the transaction ended. In every case the backend is outside a transaction block afterwards.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Committed; `logged` is its record's position when it wrote anything.
+    Committed { logged: Option<Position> },
+    /// Not committed; the client gets this error in place of COMMIT's reply.
+    Failed(Failure),
+}
+
+#[derive(Debug)]
+pub enum Failure {
+    /// Postgres refused (a deferred constraint, PREPARE impossible, ...), possibly with waly's hint.
+    Postgres {
+        error: ServerError,
+        hint: Option<&'static str>,
+    },
+    /// The log refused, or the outcome is in doubt.
+    Waly(PgError),
+}
+
+/// The first round trip: fire deferred constraints, learn the transaction id and time, take the capture.
+fn capture_query() -> String {
+    format!(
+        "SET CONSTRAINTS ALL IMMEDIATE; \
+         SELECT pg_current_xact_id_if_assigned()::text, \
+                to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'); \
+         SELECT {CAPTURE_COLUMNS} FROM waly.take_capture()"
+    )
+}
+
+/// Commits the transaction open on `backend` through the log. `statements` are the client's write
+/// statements in this transaction; `boot` is this process's gid token (see [`super::gid`]).
+///
+/// `Err(BackendLost)` means the connection broke; what it leaves prepared is resolved by the caller's
+/// [`super::Resolver`] (the error says how) or by recovery at the next start.
+pub async fn commit(
+    backend: &mut impl Backend,
+    log: &dyn Log,
+    session: &SessionInfo,
+    statements: Vec<Statement>,
+    boot: &str,
+) -> Result<Outcome, Lost> {
+    let reply = backend
+        .query(&capture_query())
+        .await
+        .map_err(Lost::nothing)?;
+    if let Some(error) = reply.error {
+        // A deferred constraint failed: that is the COMMIT's error, and the transaction is over.
+        rollback(backend, "ROLLBACK").await?;
+        return Ok(Outcome::Failed(Failure::Postgres { error, hint: None }));
+    }
+    let (txid, committed_at) = identity(&reply);
+    let capture = reply
+        .results
+        .into_iter()
+        .nth(2)
+        .map(|r| r.rows)
+        .unwrap_or_default();
+    let Some(txid) = txid.filter(|_| !capture.is_empty()) else {
+        // Read-only, or wrote nothing waly captures (row locks, temporary tables): nothing to log.
+        return plain_commit(backend).await;
+    };
+
+    let changes = match changes_from_capture_text(&capture) {
+        Ok(changes) => changes,
+        Err(e) => {
+            rollback(backend, "ROLLBACK").await?;
+            return Ok(Outcome::Failed(Failure::Waly(
+                PgError::error(
+                    SqlState::INTERNAL_ERROR,
+                    format!("waly could not read this transaction's row changes: {e}"),
+                )
+                .with_detail("The transaction was rolled back; nothing was logged."),
+            )));
+        }
+    };
+    let gid = super::gid(boot, &txid);
+    let record = Record {
+        format: FORMAT_VERSION,
+        txid,
+        gid: gid.clone(),
+        committed_at,
+        session: session.clone(),
+        statements,
+        changes,
+    };
+    let payload = Bytes::from(record.to_json());
+
+    let prepared = backend
+        .query(&format!("PREPARE TRANSACTION '{gid}'"))
+        .await
+        .map_err(|e| Lost::resolve(e, &gid, false))?;
+    if let Some(error) = prepared.error {
+        // A failed PREPARE rolls the transaction back.
+        let hint = match error.code() {
+            "0A000" => Some(
+                "waly commits logged transactions with PREPARE TRANSACTION, which Postgres refuses after temporary objects were used; keep temporary tables out of transactions that write logged tables.",
+            ),
+            "55000" => Some(
+                "waly needs prepared transactions: set max_prepared_transactions above 0 in postgresql.conf and restart Postgres.",
+            ),
+            _ => None,
+        };
+        if prepared.status != b'I' {
+            rollback(backend, "ROLLBACK").await?;
+        }
+        return Ok(Outcome::Failed(Failure::Postgres { error, hint }));
+    }
+
+    let entry = match log.append(payload).await {
+        Ok(entry) => entry,
+        Err(e) if e.is_in_doubt() => {
+            tracing::error!(%gid, error = %e, "append in doubt; the prepared transaction is left for recovery at the next start");
+            return Ok(Outcome::Failed(Failure::Waly(
+                PgError::error(e.sqlstate(), format!("waly cannot tell whether this transaction was logged: {e}"))
+                    .with_detail(format!("The transaction is prepared as {gid}; it is committed or rolled back, by what the log holds, when waly restarts."))
+                    .with_hint("Restart waly."),
+            )));
+        }
+        Err(e) => {
+            rollback(backend, &format!("ROLLBACK PREPARED '{gid}'")).await?;
+            let hint = match e.sqlstate().0 {
+                "53100" => {
+                    "Free space where waly keeps its log (data_dir); reads keep working meanwhile."
+                }
+                _ => "Reads keep working; writes resume once the log accepts appends again.",
+            };
+            return Ok(Outcome::Failed(Failure::Waly(
+                PgError::error(
+                    e.sqlstate(),
+                    format!("waly could not log this transaction: {e}"),
+                )
+                .with_detail("The transaction was rolled back; nothing was logged or committed.")
+                .with_hint(hint),
+            )));
+        }
+    };
+
+    let done = backend
+        .query(&format!("COMMIT PREPARED '{gid}'"))
+        .await
+        .map_err(|e| Lost::resolve(e, &gid, true))?;
+    if let Some(error) = done.error {
+        tracing::error!(%gid, position = %entry.position, code = error.code(), message = error.message(), "COMMIT PREPARED failed after the record was logged");
+        return Err(Lost {
+            reason: BackendLost(format!("COMMIT PREPARED failed: {}", error.message())),
+            resolve: Some((gid, true)),
+        });
+    }
+    Ok(Outcome::Committed {
+        logged: Some(entry.position),
+    })
+}
+
+/// The protocol could not finish on this connection.
+#[derive(Debug)]
+pub struct Lost {
+    pub reason: BackendLost,
+    /// A prepared transaction to resolve on another connection: `(gid, commit?)`.
+    pub resolve: Option<(String, bool)>,
+}
+
+impl Lost {
+    fn nothing(reason: BackendLost) -> Lost {
+        Lost {
+            reason,
+            resolve: None,
+        }
+    }
+
+    fn resolve(reason: BackendLost, gid: &str, commit: bool) -> Lost {
+        Lost {
+            reason,
+            resolve: Some((gid.to_owned(), commit)),
+        }
+    }
+}
+
+fn identity(reply: &Reply) -> (Option<String>, String) {
+    let row = reply.results.get(1).and_then(|r| r.rows.first());
+    let txid = row.and_then(|r| r.first().cloned().flatten());
+    let at = row
+        .and_then(|r| r.get(1).cloned().flatten())
+        .unwrap_or_default();
+    (txid, at)
+}
+
+async fn plain_commit(backend: &mut impl Backend) -> Result<Outcome, Lost> {
+    let reply = backend.query("COMMIT").await.map_err(Lost::nothing)?;
+    match reply.error {
+        None => Ok(Outcome::Committed { logged: None }),
+        Some(error) => Ok(Outcome::Failed(Failure::Postgres { error, hint: None })),
+    }
+}
+
+async fn rollback(backend: &mut impl Backend, sql: &str) -> Result<(), Lost> {
+    let reply = backend.query(sql).await.map_err(Lost::nothing)?;
+    if let Some(e) = reply.error {
+        tracing::warn!(
+            statement = sql,
+            code = e.code(),
+            message = e.message(),
+            "rollback failed"
+        );
+    }
+    Ok(())
+}
