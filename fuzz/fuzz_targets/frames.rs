@@ -281,6 +281,16 @@ fn decode_message(body: &[u8], c: u8) {
         assert_eq!(Some(&kind), body.first());
         assert_cstr(body, 1, name);
     }
+    if let Some(params) = messages::bind_params(body) {
+        // Every value came from inside the body: never more values than bytes.
+        assert!(params.len() <= body.len());
+    }
+    if let Some(columns) = messages::data_row(body) {
+        assert!(columns.len() <= body.len());
+    }
+    if let Some(tag) = messages::command_tag(body) {
+        assert_cstr(body, 0, tag);
+    }
     assert_eq!(messages::ready_status(body), body.first().copied());
     for field in [b'C', c] {
         if let Some(value) = messages::error_field(body, field) {
