@@ -183,7 +183,7 @@ async fn a_mixed_workload_through_waly_rebuilds_exactly() {
     tx.rollback().await.unwrap();
     // A rolled-back insert advances sequences without a record; the next committed insert into the same
     // tables carries their positions (docs/record.md: a rollback after the last one is not visible).
-    c.execute(&insert, &[&2i32, &"4.04"]).await.unwrap();
+    c.execute(&insert, &[&3i32, &"4.04"]).await.unwrap();
 
     let records = s.waly.records().await;
     // Every record's statements and session are filled in.
@@ -371,5 +371,40 @@ async fn pgbench_tpcb_like_at_8_clients_rebuilds_exactly() {
         processed,
         "one logged history row per acknowledged transaction"
     );
+    s.assert_replay_equals_live();
+}
+
+#[tokio::test]
+async fn statements_outside_a_transaction_block_are_logged_after_the_fact() {
+    let s = Served::new("wp_concurrently");
+    let url = s.url();
+    psql(
+        &url,
+        "create table t (id int primary key, v int); insert into t values (1, 10);",
+    );
+    let before = s.waly.log_end().await;
+    // CREATE INDEX CONCURRENTLY cannot run in a transaction block, so waly cannot wrap or prepare it: its
+    // DDL is logged right after it commits.
+    psql(&url, "create index concurrently t_v on t (v);");
+    psql(&url, "vacuum t;");
+    let records = s.waly.records().await;
+    assert_eq!(
+        records.len() as u64,
+        before + 1,
+        "one record for the index, none for VACUUM"
+    );
+    let last = records.last().unwrap();
+    assert!(
+        matches!(&last.changes[..], [Change::Ddl { tag, .. }] if tag == "CREATE INDEX"),
+        "{:?}",
+        last.changes
+    );
+    let c = connect(&url).await;
+    let left: i64 = c
+        .query_one("select count(*) from waly.capture", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "nothing left behind in the capture");
     s.assert_replay_equals_live();
 }

@@ -190,6 +190,31 @@ fn refusal(node: &NodeEnum) -> Option<Refusal> {
     }
 }
 
+/// `sql` with CONCURRENTLY taken out of its index statements, for replay, which runs DDL inside its batch
+/// transaction (building an index concurrently only matters while the table is in use). `None` when there
+/// is nothing to take out or the text does not parse.
+pub fn without_concurrently(sql: &str) -> Option<String> {
+    let mut parsed = pg_query::parse(sql, 0).ok()?;
+    let mut changed = false;
+    for raw in &mut parsed.protobuf.stmts {
+        match raw.stmt.as_mut().and_then(|n| n.node.as_mut()) {
+            Some(NodeEnum::IndexStmt(i)) if i.concurrent => {
+                i.concurrent = false;
+                changed = true;
+            }
+            Some(NodeEnum::DropStmt(d)) if d.concurrent => {
+                d.concurrent = false;
+                changed = true;
+            }
+            _ => {}
+        }
+    }
+    if !changed {
+        return None;
+    }
+    parsed.protobuf.deparse(Default::default()).ok()
+}
+
 /// Statements Postgres refuses inside a transaction block.
 fn autocommit_only(node: &NodeEnum) -> bool {
     match node {
@@ -421,6 +446,15 @@ mod tests {
         }
         assert!(!classify("create index i on t (a)").autocommit_only);
         assert!(classify("begin; insert into t values (1); commit").commits());
+    }
+
+    #[test]
+    fn concurrently_is_taken_out_for_replay() {
+        assert_eq!(
+            without_concurrently("create index concurrently t_v on t (v)").as_deref(),
+            Some("CREATE INDEX t_v ON t USING btree (v)")
+        );
+        assert_eq!(without_concurrently("create index t_v on t (v)"), None);
     }
 
     #[test]

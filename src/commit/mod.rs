@@ -16,7 +16,7 @@ mod protocol;
 pub mod recovery;
 
 pub use backend::{Backend, BackendLost, QueryResult, Reply, ServerError};
-pub use protocol::{Failure, Lost, Outcome, commit};
+pub use protocol::{Failure, Lost, Outcome, commit, log_committed_leftovers};
 pub use recovery::{Resolver, recover_at_start};
 
 /// The prefix of every global transaction identifier waly prepares; nothing else may use it.

@@ -184,8 +184,9 @@ async fn changes(
             }
             Change::Ddl { tag, object, sql } => {
                 positions.set(target).await?;
+                let plain = crate::classify::without_concurrently(sql);
                 target
-                    .batch_execute(sql)
+                    .batch_execute(plain.as_deref().unwrap_or(sql))
                     .await
                     .map_err(|e| refused(at, &e))?;
                 tables.clear();

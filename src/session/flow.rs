@@ -102,6 +102,8 @@ enum Then {
     Commit,
     /// A piece of a split request inside waly's BEGIN, not the last: go on, or roll back on error.
     Continue,
+    /// A statement that ran outside any transaction block: log what it changed after the fact.
+    LogAfter,
 }
 
 /// How a piece relates to a transaction waly opens around a whole split request.
@@ -629,6 +631,9 @@ where
                 };
                 let then = match piece.wrapping {
                     Wrapping::Own if wrap => Then::Commit,
+                    Wrapping::Own if effects.autocommit_only && self.flow.status == b'I' => {
+                        Then::LogAfter
+                    }
                     Wrapping::Own => Then::Forward,
                     _ if piece.last => Then::Commit,
                     _ => Then::Continue,
@@ -754,6 +759,12 @@ where
                 Then::Continue if status == b'T' && !step.saw_error => {
                     drop_bytes(b, &mut consumed, len);
                 }
+                Then::LogAfter => {
+                    drop_bytes(b, &mut consumed, len);
+                    forward(&mut b.from_backend, consumed, &mut b.to_client);
+                    consumed = 0;
+                    self.log_after(b, status, step).await?;
+                }
                 Then::Commit | Then::Continue => {
                     drop_bytes(b, &mut consumed, len);
                     forward(&mut b.from_backend, consumed, &mut b.to_client);
@@ -763,6 +774,39 @@ where
             }
         }
         forward(&mut b.from_backend, consumed, &mut b.to_client);
+        Ok(())
+    }
+
+    /// A statement that cannot run in a transaction block answered: log what it left in the capture.
+    async fn log_after(&mut self, b: &mut Buffers, status: u8, step: Step) -> Result<(), Ending> {
+        let statements = std::mem::take(&mut self.flow.statements);
+        if status == b'I' && !step.saw_error {
+            let log = std::sync::Arc::clone(&self.write.log);
+            let info = self.write.session.clone();
+            let mut own = OwnQueries {
+                read: &mut self.backend_r,
+                write: &mut self.backend_w,
+                inbox: &mut b.from_backend,
+                scanner: &mut self.backend_frames,
+                to_client: &mut b.to_client,
+            };
+            match commit::log_committed_leftovers(&mut own, log.as_ref(), &info, statements).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    // The statement itself succeeded and cannot be undone: warn, do not fail it.
+                    self.span.in_scope(|| tracing::warn!(error = %e, "effects of a statement outside a transaction block not logged yet"));
+                    notice_warning(&mut b.to_client, &e);
+                }
+                Err(lost) => return Err(self.lost(lost.reason, lost.resolve)),
+            }
+            self.flow.status = b'I';
+        }
+        if !step.intermediate || step.saw_error {
+            if step.saw_error {
+                self.abandon_request();
+            }
+            self.ready(b, status);
+        }
         Ok(())
     }
 
@@ -903,6 +947,25 @@ fn request(bytes: BytesMut, effects: Effects, last: bool, statements: Vec<Statem
         last,
         statements,
     }
+}
+
+/// A WARNING NoticeResponse carrying `e`'s code and message.
+fn notice_warning(out: &mut BytesMut, e: &crate::wire::PgError) {
+    let mut body = BytesMut::new();
+    for (field, value) in [
+        (b'S', "WARNING"),
+        (b'V', "WARNING"),
+        (b'C', e.code.0),
+        (b'M', e.message.as_str()),
+    ] {
+        body.extend_from_slice(&[field]);
+        body.extend_from_slice(value.as_bytes());
+        body.extend_from_slice(&[0]);
+    }
+    body.extend_from_slice(&[0]);
+    out.extend_from_slice(b"N");
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(&body);
 }
 
 /// Backend messages the write path must see whole.
