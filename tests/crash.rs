@@ -319,48 +319,6 @@ fn replay_cli(config: &Path, data_dir: Option<&Path>, target: &str) -> String {
     run_ok(&mut cmd, "waly replay")
 }
 
-/// A plain dump of the application's schemas, normalised as in tests/replay.rs: waly's own objects left
-/// out, COPY rows sorted (heap order is not compared), setval lines kept.
-fn dump(url: &str) -> String {
-    let out = run_ok(
-        Command::new("pg_dump")
-            .args([
-                "--no-owner",
-                "--no-privileges",
-                "-N",
-                "waly",
-                "-N",
-                "waly_replay",
-                "-d",
-            ])
-            .arg(url),
-        "pg_dump",
-    );
-    let mut blocks = Vec::new();
-    for block in out.split("\n\n") {
-        if block.contains("waly") {
-            continue;
-        }
-        let mut lines: Vec<&str> = block
-            .lines()
-            .filter(|l| {
-                !l.starts_with("--")
-                    && !l.starts_with("\\restrict")
-                    && !l.starts_with("\\unrestrict")
-                    && !l.is_empty()
-            })
-            .collect();
-        if lines.first().is_some_and(|l| l.starts_with("COPY ")) {
-            let end = lines.len() - usize::from(lines.last() == Some(&"\\."));
-            lines[1..end].sort_unstable();
-        }
-        if !lines.is_empty() {
-            blocks.push(lines.join("\n"));
-        }
-    }
-    blocks.join("\n\n")
-}
-
 /// Replays the whole log into a new, empty database and asserts its dump equals the live one's.
 fn assert_replay_equals_live(
     live_url: &str,
@@ -386,7 +344,7 @@ fn assert_replay_equals_live(
         out.contains(&format!("replayed positions 1..={end} ")),
         "the log ends at {end}: {out}"
     );
-    let (live, rebuilt) = (dump(live_url), dump(target_url));
+    let (live, rebuilt) = (dump_app(live_url), dump_app(target_url));
     for t in expect_tables {
         assert!(
             live.contains(&format!("COPY public.{t} ")),

@@ -170,43 +170,7 @@ async fn commit_logged(c: &Client, log: &FileLog) -> Option<Position> {
 /// A plain dump of the application's schemas, normalised for comparison (see the module header): waly's
 /// own objects (its schema, the capture triggers, the event triggers) left out, COPY rows sorted.
 fn dump(db: &str) -> String {
-    let out = run_ok(
-        std::process::Command::new("pg_dump")
-            .args([
-                "--no-owner",
-                "--no-privileges",
-                "-N",
-                "waly",
-                "-N",
-                "waly_replay",
-                "-d",
-            ])
-            .arg(postgres().url(db)),
-        "pg_dump",
-    );
-    let mut blocks = Vec::new();
-    for block in out.split("\n\n") {
-        if block.contains("waly") {
-            continue;
-        }
-        let mut lines: Vec<&str> = block
-            .lines()
-            .filter(|l| {
-                !l.starts_with("--")
-                    && !l.starts_with("\\restrict")
-                    && !l.starts_with("\\unrestrict")
-                    && !l.is_empty()
-            })
-            .collect();
-        if lines.first().is_some_and(|l| l.starts_with("COPY ")) {
-            let end = lines.len() - usize::from(lines.last() == Some(&"\\."));
-            lines[1..end].sort_unstable();
-        }
-        if !lines.is_empty() {
-            blocks.push(lines.join("\n"));
-        }
-    }
-    blocks.join("\n\n")
+    dump_app(&postgres().url(db))
 }
 
 fn assert_same_database(source: &str, target: &str) {
