@@ -709,6 +709,48 @@ async fn set_based_updates_and_deletes_keep_every_row_exact() {
     s.assert_rebuilds().await;
 }
 
+/// Many small transactions over a few hot rows and several tables, as tpcb-like makes them: replay groups
+/// the batch by table and folds successive updates of one row (also through key changes) into one.
+#[tokio::test]
+async fn hot_rows_updated_in_many_transactions_rebuild_exactly() {
+    let s = Source::new(
+        "replay_hot",
+        "create table branch (id int primary key, balance int);
+         create table account (id int primary key, balance int);
+         create table history (n int, account int, delta int);",
+    )
+    .await;
+    s.tx(&[
+        "insert into branch select g, 0 from generate_series(1, 2) g",
+        "insert into account select g, 0 from generate_series(1, 20) g",
+    ])
+    .await
+    .unwrap();
+    for n in 0..120 {
+        let (account, delta) = (n % 20 + 1, n * 7 % 13 - 6);
+        let branch = n % 2 + 1;
+        s.tx(&[
+            &format!("update account set balance = balance + {delta} where id = {account}"),
+            &format!("update branch set balance = balance + {delta} where id = {branch}"),
+            &format!("insert into history values ({n}, {account}, {delta})"),
+        ])
+        .await
+        .unwrap();
+        if n % 40 == 39 {
+            // A key moved away and back, and a row deleted after updates, among the hot updates.
+            s.tx(&[
+                "update account set id = id + 100 where id = 3",
+                "update account set balance = balance + 1 where id = 103",
+                "update account set id = 3 where id = 103",
+            ])
+            .await
+            .unwrap();
+        }
+    }
+    s.tx(&["delete from account where id = 20"]).await.unwrap();
+    s.assert_rebuilds().await;
+}
+
 #[tokio::test]
 async fn a_missing_row_stops_set_based_replay_at_its_change() {
     let s = Source::new(

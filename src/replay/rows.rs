@@ -2,7 +2,8 @@
 //!
 //! Owns the two ways to apply them. [`Mode::Sets`], the normal way: the run is cut into groups in which no
 //! row is changed twice (a row is known by its primary key, before and after), and each group becomes, per
-//! table, one DELETE and one UPDATE over a JSON array of images, all sent together. Within a group the
+//! table, one DELETE and one UPDATE over a JSON array of images, all sent together. Successive updates of
+//! one row fold into one (the first's old key, the last's new image), so a hot row does not cut groups. Within a group the
 //! order of changes does not matter: each row is changed once, to its final image. A set statement must
 //! change exactly as many rows as it has changes; when one changes another number, or fails, the whole
 //! batch is applied again in [`Mode::Rows`]: one statement per change in log order (pipelined), each
@@ -76,6 +77,8 @@ struct Group<'a> {
     rows: Vec<(Arc<Table>, At<'a>)>,
     /// (table, row identity) of every row the group changes.
     touched: HashSet<(String, String)>,
+    /// For each row an update of the group produced: (index in `sets`, index in that set).
+    latest: HashMap<(String, String), (usize, usize)>,
     len: usize,
 }
 
@@ -113,8 +116,24 @@ impl<'a> Group<'a> {
             Some(new) => Some(sets.row(new.get()).ok_or(Failure::Retry)?),
             None => None,
         };
+        // An update of a row an earlier update of the group produced folds into it: the row goes from
+        // that update's old image straight to this one's new image (intermediate states are never seen).
+        if let (Some(new), Some(new_row)) = (new, &new_row) {
+            let at_old = (table.name.clone(), row.clone());
+            if let Some(&(si, pi)) = self.latest.get(&at_old) {
+                let at_new = (table.name.clone(), new_row.clone());
+                if at_new == at_old || !self.touched.contains(&at_new) {
+                    self.sets[si].news[pi] = new.get();
+                    self.latest.remove(&at_old);
+                    self.touched.insert(at_new.clone());
+                    self.latest.insert(at_new, (si, pi));
+                    self.len += 1;
+                    return Ok(true);
+                }
+            }
+        }
         let rows: Vec<(String, String)> = std::iter::once(row)
-            .chain(new_row)
+            .chain(new_row.clone())
             .map(|r| (table.name.clone(), r))
             .collect();
         if rows.iter().any(|r| self.touched.contains(r)) {
@@ -139,6 +158,10 @@ impl<'a> Group<'a> {
         set.old_keys.push(old_key);
         set.news.extend(new.map(|n| n.get()));
         set.changes.push(at);
+        if let Some(new_row) = new_row {
+            self.latest
+                .insert((table.name.clone(), new_row), (i, set.news.len() - 1));
+        }
         self.len += 1;
         Ok(true)
     }
