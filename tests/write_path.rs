@@ -408,3 +408,66 @@ async fn statements_outside_a_transaction_block_are_logged_after_the_fact() {
     assert_eq!(left, 0, "nothing left behind in the capture");
     s.assert_replay_equals_live();
 }
+
+/// A transaction pipelined in one extended-protocol batch (BEGIN, INSERT, COMMIT, then an autocommit
+/// INSERT, one Sync), also split across TCP writes and with a Flush before the Sync: the client sees what
+/// Postgres would send, and every committed row is logged (a COMMIT is never passed to Postgres before its
+/// batch is complete).
+#[tokio::test]
+async fn a_transaction_pipelined_in_one_batch_is_logged_and_answered_like_postgres() {
+    use support::raw::{RawClient, extended, shape, sync};
+    let s = Served::new("wp_pipelined");
+    psql(&s.url(), "create table t (id int primary key);");
+    let direct_db = postgres().create_db("wp_pipelined_direct");
+    psql(
+        &postgres().url(&direct_db),
+        "create table t (id int primary key);",
+    );
+    let batch = |base: i32| {
+        [
+            extended("begin"),
+            extended(&format!("insert into t values ({base})")),
+            extended("commit"),
+            extended(&format!("insert into t values ({})", base + 1)),
+        ]
+        .concat()
+    };
+    let flush = [b'H', 0, 0, 0, 4];
+    let mut shapes = Vec::new();
+    for (port, db) in [
+        (postgres().port, direct_db.as_str()),
+        (s.waly.port, s.db.as_str()),
+    ] {
+        let mut c = RawClient::connect(port, db, PG_PASSWORD);
+        // Whole, in one write.
+        c.send(&[batch(10), sync()].concat());
+        let whole = shape(&c.recv_until_ready(1));
+        // The same split across two writes, the Sync after a pause.
+        c.send(&batch(20));
+        std::thread::sleep(Duration::from_millis(200));
+        c.send(&sync());
+        let split = shape(&c.recv_until_ready(1));
+        // With a Flush: the replies up to the last INSERT's CommandComplete arrive before the Sync.
+        c.send(&[batch(30), flush.to_vec()].concat());
+        let mut flushed = Vec::new();
+        while flushed
+            .iter()
+            .filter(|m: &&support::raw::Msg| m.tag == b'C')
+            .count()
+            < 4
+        {
+            flushed.push(c.recv().expect("a reply before the Sync"));
+        }
+        c.send(&sync());
+        flushed.extend(c.recv_until_ready(1));
+        shapes.push((whole, split, shape(&flushed)));
+    }
+    assert_eq!(shapes[0], shapes[1], "direct vs waly");
+    let records = s.waly.records().await;
+    assert_eq!(
+        inserts_into(&records, "t"),
+        6,
+        "every committed row is logged"
+    );
+    s.assert_replay_equals_live();
+}

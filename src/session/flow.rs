@@ -149,7 +149,17 @@ struct Piece {
     wrapping: Wrapping,
     /// The request's last piece: its ReadyForQuery is the one the client waits for.
     last: bool,
+    /// Sent before its batch's Sync: the rest of the batch streams through after it.
+    streams: bool,
     statements: Vec<Statement>,
+}
+
+/// How a collected batch ends (see [`Relay::finish_batch`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    Sync,
+    Flush,
+    Injected,
 }
 
 enum PieceKind {
@@ -270,8 +280,12 @@ where
                     if self.flow.skip_to_sync || !self.flow.batch.bytes.is_empty() {
                         // A Query inside an unfinished batch: Postgres ends the batch's implicit
                         // transaction there; send what was collected first.
-                        if !self.flow.batch.bytes.is_empty() && !self.flush_batch(b, false).await? {
-                            return Ok(Pumped::Idle);
+                        if !self.flow.batch.bytes.is_empty() {
+                            if !self.flow.steps.is_empty() {
+                                return Ok(Pumped::Idle);
+                            }
+                            self.finish_batch(b, Tail::Injected).await?;
+                            continue;
                         }
                         self.flow.skip_to_sync = false;
                     }
@@ -280,7 +294,7 @@ where
                     }
                     let seen = self.tracker.on_frontend(tag, &b.from_client[5..len]);
                     let message = b.from_client.split_to(len);
-                    self.simple_request(tag, message, seen, b).await?;
+                    self.simple_request(message, seen, b).await?;
                 }
                 b'S' => {
                     if self.flow.skip_to_sync {
@@ -312,7 +326,7 @@ where
                     self.tracker.on_frontend(tag, &[]);
                     let sync = b.from_client.split_to(len);
                     self.flow.batch.bytes.extend_from_slice(&sync);
-                    self.finish_batch(b).await?;
+                    self.finish_batch(b, Tail::Sync).await?;
                 }
                 b'H' if !self.flow.streaming && self.flow.batch.bytes.is_empty() => {
                     // A Flush on its own asks for nothing new: pass it on.
@@ -329,7 +343,7 @@ where
                     self.tracker.on_frontend(tag, &[]);
                     let flush = b.from_client.split_to(len);
                     self.flow.batch.bytes.extend_from_slice(&flush);
-                    self.flush_batch(b, true).await?;
+                    self.finish_batch(b, Tail::Flush).await?;
                 }
                 _ => {
                     // Parse, Bind, Describe, Execute, Close (and Flush while streaming).
@@ -349,9 +363,12 @@ where
     /// the client may be waiting for an answer Postgres gives without a Sync (a COPY FROM STDIN's
     /// CopyInResponse, which tokio-postgres waits for before it sends data and the Sync).
     async fn caught_up(&mut self, b: &mut Buffers, held: bool) -> Result<Pumped, Ending> {
-        let waiting_batch = !self.flow.batch.executes.is_empty() && !self.flow.streaming;
+        // A COMMIT is never sent before its batch is complete: the client cannot be waiting for it.
+        let waiting_batch = !self.flow.batch.executes.is_empty()
+            && self.flow.batch.commits.is_empty()
+            && !self.flow.streaming;
         if waiting_batch && !held && self.flow.steps.is_empty() && self.flow.pieces.is_empty() {
-            self.flush_batch(b, true).await?;
+            self.finish_batch(b, Tail::Flush).await?;
             write_now(&mut self.backend_w, &mut b.to_backend).map_err(|_| Ending::BackendGone)?;
         }
         Ok(Pumped::Idle)
@@ -375,7 +392,6 @@ where
     /// A Query or FunctionCall: passes through, is wrapped, or is split at its COMMITs.
     async fn simple_request(
         &mut self,
-        tag: u8,
         message: BytesMut,
         seen: Option<Seen>,
         b: &mut Buffers,
@@ -393,13 +409,13 @@ where
                         kind: PieceKind::Request(effects),
                         wrapping: Wrapping::Own,
                         last: true,
+                        streams: false,
                         statements: Vec::new(),
                     },
                     b,
                 )
                 .await;
         };
-        let _ = tag;
         let class = &seen.class;
         if let Some(sql) = refusal_sql(class) {
             let mut bytes = BytesMut::new();
@@ -433,6 +449,7 @@ where
             kind,
             wrapping: Wrapping::Own,
             last: true,
+            streams: false,
             statements: seen.statement.into_iter().collect(),
         };
         self.run_piece(piece, b).await
@@ -474,6 +491,7 @@ where
                 kind,
                 wrapping,
                 last: i + 1 == count,
+                streams: false,
                 statements,
             });
         }
@@ -515,6 +533,7 @@ where
                     kind: PieceKind::Commit { extended: true },
                     wrapping: Wrapping::Own,
                     last: false,
+                    streams: false,
                     statements: Vec::new(),
                 });
                 return Ok(());
@@ -542,15 +561,13 @@ where
         Ok(())
     }
 
-    /// The batch is complete (its Sync is in it): run it, split at its COMMITs.
-    async fn finish_batch(&mut self, b: &mut Buffers) -> Result<(), Ending> {
+    /// Runs the batch collected so far, split at its COMMITs (each runs the commit protocol). `tail` says
+    /// how the batch ends: with the client's Sync; with a Flush (or nothing more yet) while the client
+    /// waits for replies, so the rest of the batch streams through until its Sync and, outside a
+    /// transaction, the batch is wrapped since what follows is not known; or with a Sync of waly's own
+    /// (a Query arrived before the batch's Sync).
+    async fn finish_batch(&mut self, b: &mut Buffers, tail: Tail) -> Result<(), Ending> {
         let batch = std::mem::take(&mut self.flow.batch);
-        if batch.commits.is_empty() {
-            let statements = batch.executes.into_iter().filter_map(|e| e.2).collect();
-            return self
-                .run_piece(request(batch.bytes, batch.effects, true, statements), b)
-                .await;
-        }
         let mut executes = batch.executes.into_iter().peekable();
         let mut rest = batch.bytes;
         let mut base = 0;
@@ -573,6 +590,7 @@ where
                 kind: PieceKind::Commit { extended: true },
                 wrapping: Wrapping::Own,
                 last: false,
+                streams: false,
                 statements: Vec::new(),
             });
             base = end;
@@ -583,36 +601,25 @@ where
             effects.add(e);
             statements.extend(s);
         }
-        self.flow
-            .pieces
-            .push_back(request(rest, effects, true, statements));
-        Ok(())
-    }
-
-    /// Sends the batch collected so far before its Sync (at a Flush, or before a Query): the client waits
-    /// for replies. Outside a transaction it is wrapped, since what follows is not known yet. Returns
-    /// false when it has to wait for the transaction status.
-    async fn flush_batch(&mut self, b: &mut Buffers, at_flush: bool) -> Result<bool, Ending> {
-        if !self.flow.steps.is_empty() {
-            return Ok(false);
+        let mut last = request(rest, effects, tail != Tail::Injected, statements);
+        match tail {
+            Tail::Sync => {}
+            Tail::Flush => {
+                // Unknown future: treat it as a write unless the client opened its own transaction.
+                last.kind = PieceKind::Request(Effects {
+                    may_write: true,
+                    ..effects
+                });
+                last.streams = true;
+            }
+            Tail::Injected => encode::sync(&mut last.bytes),
         }
-        let batch = std::mem::take(&mut self.flow.batch);
-        let mut effects = batch.effects;
-        // Unknown future: treat it as a write unless the client opened its own transaction.
-        effects.may_write |= at_flush;
-        let statements: Vec<Statement> = batch.executes.into_iter().filter_map(|e| e.2).collect();
-        let mut bytes = batch.bytes;
-        if !batch.commits.is_empty() {
-            // A COMMIT before a Flush: rare; send it as Postgres would see it.
-            tracing::debug!("COMMIT inside a flushed batch is passed through");
+        if self.flow.pieces.is_empty() {
+            self.run_piece(last, b).await
+        } else {
+            self.flow.pieces.push_back(last);
+            Ok(())
         }
-        let piece = request(std::mem::take(&mut bytes), effects, true, statements);
-        self.run_piece(piece, b).await?;
-        self.flow.streaming = at_flush;
-        if let Some(step) = self.flow.steps.back_mut() {
-            step.intermediate = false;
-        }
-        Ok(true)
     }
 
     /// Runs one piece; the backend has answered everything before it.
@@ -655,6 +662,7 @@ where
                     intermediate: !piece.last,
                     saw_error: false,
                 });
+                self.flow.streaming = piece.streams;
                 write_now(&mut self.backend_w, &mut b.to_backend)
                     .map_err(|_| Ending::BackendGone)?;
                 Ok(())
@@ -944,6 +952,7 @@ fn request(bytes: BytesMut, effects: Effects, last: bool, statements: Vec<Statem
         bytes,
         kind: PieceKind::Request(effects),
         wrapping: Wrapping::Own,
+        streams: false,
         last,
         statements,
     }
