@@ -30,14 +30,14 @@ pub enum Failure {
 }
 
 /// The first round trip: fire deferred constraints, learn the transaction id and time, take the capture.
-fn capture_query() -> String {
+static CAPTURE_QUERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SET CONSTRAINTS ALL IMMEDIATE; \
          SELECT pg_current_xact_id_if_assigned()::text, \
                 to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'); \
          SELECT {CAPTURE_COLUMNS} FROM waly.take_capture()"
     )
-}
+});
 
 /// Commits the transaction open on `backend` through the log. `statements` are the client's write
 /// statements in this transaction; `boot` is this process's gid token (see [`super::gid`]).
@@ -51,10 +51,7 @@ pub async fn commit(
     statements: Vec<Statement>,
     boot: &str,
 ) -> Result<Outcome, Lost> {
-    let reply = backend
-        .query(&capture_query())
-        .await
-        .map_err(Lost::nothing)?;
+    let reply = backend.query(&CAPTURE_QUERY).await.map_err(Lost::nothing)?;
     if let Some(error) = reply.error {
         // A deferred constraint failed: that is the COMMIT's error, and the transaction is over.
         rollback(backend, "ROLLBACK").await?;

@@ -508,8 +508,8 @@ where
     ) -> Result<(), Ending> {
         let mut message = message;
         if tag == b'P'
-            && let Some((_, sql)) = messages::parse_message(&message[5..])
-            && let Some(refused) = refusal_sql(&self.tracker.classify(sql))
+            && let Some((name, _)) = messages::parse_message(&message[5..])
+            && let Some(refused) = self.tracker.prepared(name).and_then(|c| refusal_sql(c))
         {
             let mut rewritten = BytesMut::new();
             if encode::parse_replacing_sql(&mut rewritten, &message[5..], &refused).is_some() {
@@ -791,19 +791,13 @@ where
         if status == b'I' && !step.saw_error {
             let log = std::sync::Arc::clone(&self.write.log);
             let info = self.write.session.clone();
-            let mut own = OwnQueries {
-                read: &mut self.backend_r,
-                write: &mut self.backend_w,
-                inbox: &mut b.from_backend,
-                scanner: &mut self.backend_frames,
-                to_client: &mut b.to_client,
-            };
+            let mut own = self.own_queries(b);
             match commit::log_committed_leftovers(&mut own, log.as_ref(), &info, statements).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     // The statement itself succeeded and cannot be undone: warn, do not fail it.
                     self.span.in_scope(|| tracing::warn!(error = %e, "effects of a statement outside a transaction block not logged yet"));
-                    notice_warning(&mut b.to_client, &e);
+                    e.encode_as_warning(&mut b.to_client);
                 }
                 Err(lost) => return Err(self.lost(lost.reason, lost.resolve)),
             }
@@ -839,13 +833,7 @@ where
                 Ok(())
             }
             _ => {
-                let mut own = OwnQueries {
-                    read: &mut self.backend_r,
-                    write: &mut self.backend_w,
-                    inbox: &mut b.from_backend,
-                    scanner: &mut self.backend_frames,
-                    to_client: &mut b.to_client,
-                };
+                let mut own = self.own_queries(b);
                 if let Err(e) = crate::commit::Backend::query(&mut own, "ROLLBACK").await {
                     return Err(self.lost(e, None));
                 }
@@ -871,13 +859,7 @@ where
         let info = self.write.session.clone();
         let boot = self.write.boot.clone();
         let outcome = {
-            let mut own = OwnQueries {
-                read: &mut self.backend_r,
-                write: &mut self.backend_w,
-                inbox: &mut b.from_backend,
-                scanner: &mut self.backend_frames,
-                to_client: &mut b.to_client,
-            };
+            let mut own = self.own_queries(b);
             commit::commit(&mut own, log.as_ref(), &info, statements, &boot).await
         };
         self.flow.status = b'I';
@@ -915,6 +897,18 @@ where
                 Ok(())
             }
             Err(lost) => Err(self.lost(lost.reason, lost.resolve)),
+        }
+    }
+
+    /// The backend connection as the commit protocol uses it: waly's own queries, replies not shown to
+    /// the client.
+    fn own_queries<'s>(&'s mut self, b: &'s mut Buffers) -> OwnQueries<'s> {
+        OwnQueries {
+            read: &mut self.backend_r,
+            write: &mut self.backend_w,
+            inbox: &mut b.from_backend,
+            scanner: &mut self.backend_frames,
+            to_client: &mut b.to_client,
         }
     }
 
@@ -956,25 +950,6 @@ fn request(bytes: BytesMut, effects: Effects, last: bool, statements: Vec<Statem
         last,
         statements,
     }
-}
-
-/// A WARNING NoticeResponse carrying `e`'s code and message.
-fn notice_warning(out: &mut BytesMut, e: &crate::wire::PgError) {
-    let mut body = BytesMut::new();
-    for (field, value) in [
-        (b'S', "WARNING"),
-        (b'V', "WARNING"),
-        (b'C', e.code.0),
-        (b'M', e.message.as_str()),
-    ] {
-        body.extend_from_slice(&[field]);
-        body.extend_from_slice(value.as_bytes());
-        body.extend_from_slice(&[0]);
-    }
-    body.extend_from_slice(&[0]);
-    out.extend_from_slice(b"N");
-    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    out.extend_from_slice(&body);
 }
 
 /// Backend messages the write path must see whole.

@@ -88,6 +88,11 @@ impl ProtocolTracker {
         }
     }
 
+    /// The classification of the prepared statement `name`, as its Parse was seen.
+    pub fn prepared(&self, name: &str) -> Option<&Arc<Classification>> {
+        self.prepared.get(name).map(|k| &k.class)
+    }
+
     /// The classification of a statement text (cached).
     pub fn classify(&mut self, sql: &str) -> Arc<Classification> {
         self.cache.classify(sql)

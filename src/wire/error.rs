@@ -7,7 +7,7 @@
 use bytes::BytesMut;
 use pgwire::error::ErrorInfo;
 use pgwire::messages::Message;
-use pgwire::messages::response::ErrorResponse;
+use pgwire::messages::response::{ErrorResponse, NoticeResponse};
 
 /// A five-character SQLSTATE code (see Postgres' errcodes appendix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,14 +82,29 @@ impl PgError {
 
     /// Appends the encoded `ErrorResponse` to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
-        let sev = self.severity.as_str().to_owned();
-        let mut info = ErrorInfo::new(sev.clone(), self.code.0.to_owned(), self.message.clone());
-        info.severity_nonlocalized = Some(sev);
-        info.detail = self.detail.clone();
-        info.hint = self.hint.clone();
-        ErrorResponse::from(info)
+        ErrorResponse::from(self.info(self.severity.as_str()))
             .encode(out)
             .expect("an ErrorResponse has no length limit that waly's messages reach");
+    }
+
+    /// The same fields as a NoticeResponse with severity WARNING: for a failure that must not fail the
+    /// statement it follows (the statement already took effect).
+    pub fn encode_as_warning(&self, out: &mut BytesMut) {
+        NoticeResponse::from(self.info("WARNING"))
+            .encode(out)
+            .expect("a NoticeResponse has no length limit that waly's messages reach");
+    }
+
+    fn info(&self, severity: &str) -> ErrorInfo {
+        let mut info = ErrorInfo::new(
+            severity.to_owned(),
+            self.code.0.to_owned(),
+            self.message.clone(),
+        );
+        info.severity_nonlocalized = Some(severity.to_owned());
+        info.detail = self.detail.clone();
+        info.hint = self.hint.clone();
+        info
     }
 
     pub fn to_bytes(&self) -> BytesMut {
