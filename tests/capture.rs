@@ -1217,6 +1217,115 @@ async fn unprivileged_application_roles_are_captured_and_cannot_forge_rows() {
     drop_role(&admin, &role).await;
 }
 
+/// The sequences take_capture() reports after a transaction's inserts, as `(name, last_value)`.
+async fn sequences_after(c: &Client, inserts: &str) -> Vec<(String, i64)> {
+    c.batch_execute(&format!("begin; {inserts}"))
+        .await
+        .expect(inserts);
+    let rows = c
+        .query(
+            "select schema_name || '.' || table_name, (new_row ->> 'last_value')::int8
+             from waly.take_capture() where kind = 'sequence' order by seq",
+            &[],
+        )
+        .await
+        .expect("take_capture");
+    c.batch_execute("commit").await.unwrap();
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+fn seqs(list: &[(&str, i64)]) -> Vec<(String, i64)> {
+    list.iter().map(|(n, v)| (n.to_string(), *v)).collect()
+}
+
+#[tokio::test]
+async fn sequence_positions_follow_ownership_changes() {
+    let (_db, c) = installed(
+        "cap_seqown",
+        "create table before (id serial primary key, v int);
+         create table plain (v int);",
+    )
+    .await;
+    // Created before waly: found by the installer. A table without sequences reports none.
+    assert_eq!(
+        sequences_after(&c, "insert into before (v) values (1)").await,
+        seqs(&[("public.before_id_seq", 1)])
+    );
+    assert_eq!(
+        sequences_after(&c, "insert into plain values (1)").await,
+        seqs(&[])
+    );
+
+    // A serial column added later (the existing row takes 1), and a sequence attached with OWNED BY, then detached again.
+    c.batch_execute(
+        "alter table plain add column id bigserial;
+         create sequence loose start 50;
+         alter sequence loose owned by plain.v;",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        sequences_after(&c, "insert into plain (v) values (nextval('loose'))").await,
+        seqs(&[("public.loose", 50), ("public.plain_id_seq", 2)])
+    );
+    c.batch_execute("alter sequence loose owned by none")
+        .await
+        .unwrap();
+    assert_eq!(
+        sequences_after(&c, "insert into plain (v) values (nextval('loose'))").await,
+        seqs(&[("public.plain_id_seq", 3)])
+    );
+
+    // Partitions take their values from their ancestors' sequences, also when attached after creation.
+    c.batch_execute(
+        "create table p (id bigint generated always as identity, k int, primary key (id, k)) partition by list (k);
+         create table p0 partition of p for values in (0);
+         create table p1 (id bigint not null, k int not null, primary key (id, k));
+         alter table p attach partition p1 for values in (1);",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        sequences_after(&c, "insert into p (k) values (0), (1)").await,
+        seqs(&[("public.p_id_seq", 2)])
+    );
+    assert_eq!(
+        sequences_after(&c, "insert into p1 values (10, 1)").await,
+        seqs(&[("public.p_id_seq", 2)])
+    );
+
+    // Renamed and moved: still found. Dropped: forgotten, and the commit still works.
+    c.batch_execute(
+        "create schema other;
+         alter table before rename to after;
+         alter table after set schema other;",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        sequences_after(&c, "insert into other.after (v) values (2)").await,
+        seqs(&[("other.before_id_seq", 2)])
+    );
+    c.batch_execute("alter table plain drop column id")
+        .await
+        .unwrap();
+    assert_eq!(
+        sequences_after(&c, "insert into plain (v) values (0)").await,
+        seqs(&[])
+    );
+    c.batch_execute("drop table other.after").await.unwrap();
+    let left: i64 = c
+        .query_one(
+            "select count(*) from waly.owned_sequences where table_oid not in (select oid from pg_class)
+                or exists (select from unnest(sequences) s where s not in (select oid from pg_class))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "dropped tables and sequences are forgotten");
+}
+
 /// Not a pass/fail check: prints what the capture costs per single-row INSERT.
 #[tokio::test]
 async fn capture_cost() {

@@ -30,4 +30,11 @@ pub const MIGRATIONS: &[Migration] = &[
         // take_capture() becomes SECURITY DEFINER to read every application sequence.
         requires_superuser: true,
     },
+    Migration {
+        version: 5,
+        name: "owned_sequences",
+        sql: include_str!("../../migrations/0005_owned_sequences.sql"),
+        // Replaces event trigger functions and the SECURITY DEFINER take_capture().
+        requires_superuser: true,
+    },
 ];
