@@ -4,8 +4,10 @@
 #   scripts/deps.sh build   Debian packages for building (libclang-dev for
 #                           pg_query's bindgen, gcc)
 #   scripts/deps.sh test    the above, plus Postgres and pgbouncer, a Python
-#                           venv with psycopg at .waly/venv, and node-postgres
-#                           in tests/clients/node/node_modules
+#                           venv with psycopg at .waly/venv, node-postgres
+#                           in tests/clients/node/node_modules, and the tansu
+#                           Kafka broker (scripts/kafka.sh install: built with
+#                           cargo into ~/.cache/waly-test the first time, ~15 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,6 +69,7 @@ case ${1:-} in
     apt_install "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
     python_venv
     node_modules
+    scripts/kafka.sh install >/dev/null
     ;;
   *) echo "usage: $0 build|test" >&2; exit 1 ;;
 esac

@@ -1,4 +1,5 @@
-//! `waly log tail [-f]` and `waly log show POS`: read the embedded log, also while `waly serve` appends.
+//! `waly log tail [-f]` and `waly log show POS`: read the log (the file log, or a database's Kafka topic),
+//! also while `waly serve` appends.
 
 use std::io::ErrorKind;
 use std::time::Duration;
@@ -6,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use waly::log::inspect::{self, Format, InspectError};
-use waly::log::{FileLog, Position};
+use waly::log::{Position, open_reader};
 
 use super::ConfigArgs;
 
@@ -14,6 +15,9 @@ use super::ConfigArgs;
 pub struct LogArgs {
     #[command(flatten)]
     config: ConfigArgs,
+    /// The database whose records to read (needed with the Kafka backend: one topic per database).
+    #[arg(long, short = 'd', global = true)]
+    database: Option<String>,
     #[command(subcommand)]
     command: LogCommand,
 }
@@ -45,7 +49,8 @@ enum LogCommand {
 
 pub fn run(args: LogArgs) -> anyhow::Result<()> {
     let config = args.config.load()?;
-    let reader = FileLog::open_read_only(FileLog::dir_in(&config.data_dir))?;
+    let reader = open_reader(&config, args.database.as_deref())?;
+    let reader = reader.as_ref();
     let format = |json: bool| if json { Format::Json } else { Format::Human };
     let mut out = std::io::stdout();
     let result = super::runtime()?.block_on(async {
@@ -57,7 +62,7 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
                 json,
             } => {
                 let tail = inspect::tail(
-                    &reader,
+                    reader,
                     from.map(Position),
                     lines,
                     follow,
@@ -71,7 +76,7 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
                 }
             }
             LogCommand::Show { position, json } => {
-                inspect::show(&reader, Position(position), &mut out, format(json)).await
+                inspect::show(reader, Position(position), &mut out, format(json)).await
             }
         }
     });

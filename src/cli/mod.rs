@@ -67,6 +67,12 @@ struct ConfigArgs {
     /// The superuser role waly connects as for migrations and recovery (default: postgres).
     #[arg(long, env = "WALY_ADMIN_USER", global = true)]
     admin_user: Option<String>,
+    /// Where records go: file (default) or kafka.
+    #[arg(long, env = "WALY_LOG_BACKEND", global = true)]
+    log_backend: Option<String>,
+    /// Kafka bootstrap servers, host:port[,host:port...].
+    #[arg(long, env = "WALY_KAFKA_BROKERS", global = true)]
+    kafka_brokers: Option<String>,
 }
 
 impl ConfigArgs {
@@ -83,6 +89,8 @@ impl ConfigArgs {
             tls_required: self.tls_required,
             workers: self.workers,
             admin_user: self.admin_user,
+            log_backend: self.log_backend,
+            kafka_brokers: self.kafka_brokers,
         };
         let config = config::load(self.config.as_deref(), &overrides)?;
         waly::telemetry::init(config.log_format);

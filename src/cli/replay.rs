@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use waly::log::{FileLog, Position};
+use waly::log::{Position, open_reader};
 use waly::record::Record;
 use waly::replay::{self, ReplayOptions};
 
@@ -21,6 +21,9 @@ pub struct ReplayArgs {
     /// The database to rebuild, as a libpq URL or key=value string.
     #[arg(long)]
     target: String,
+    /// The database whose log to replay (needed with the Kafka backend: one topic per database).
+    #[arg(long, short = 'd')]
+    database: Option<String>,
     /// Stop after this position (inclusive).
     #[arg(long, conflicts_with = "until")]
     to: Option<u64>,
@@ -37,16 +40,16 @@ const CHUNK: usize = 2000;
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let config = args.config.load()?;
-    let reader = FileLog::open_read_only(FileLog::dir_in(&config.data_dir))?;
+    let reader = open_reader(&config, args.database.as_deref())?;
     super::runtime()?.block_on(async {
         let (target, connection) = tokio_postgres::connect(&args.target, tokio_postgres::NoTls)
             .await
             .context("cannot connect to the replay target")?;
         tokio::spawn(connection);
 
-        // While `waly serve` appends, only records proven durable: a replay must never apply one whose
-        // fsync may still fail (the writer would cut it and roll its transaction back).
-        let mut end = if reader.writer_active() { reader.proven_end().await? } else { reader.end().await? };
+        // Only settled records: a replay must never apply one the log may still take back (a file log
+        // record whose fsync may still fail while `waly serve` appends).
+        let mut end = reader.settled_end().await?;
         if let Some(to) = args.to {
             end = end.min(Position(to));
         }

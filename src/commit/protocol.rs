@@ -27,6 +27,16 @@ pub enum Failure {
     },
     /// The log refused, or the outcome is in doubt.
     Waly(PgError),
+    /// The append's outcome is in doubt, and reading the log will tell after `settles_after`: the
+    /// caller hands `gid` to the [`super::Resolver`], which commits or rolls it back then.
+    InDoubt {
+        error: PgError,
+        gid: String,
+        settles_after: std::time::Duration,
+        /// The record, if it is in the log at all, is after this position (the end the log had
+        /// acknowledged before the append).
+        after: Position,
+    },
 }
 
 /// The first round trip: fire deferred constraints, learn the transaction id and time, take the capture.
@@ -115,15 +125,39 @@ pub async fn commit(
         return Ok(Outcome::Failed(Failure::Postgres { error, hint }));
     }
 
-    let entry = match log.append(payload).await {
+    // Records the log acknowledged before this append was sent come before its record, if any.
+    let end_before = log.end();
+    let appending = std::time::Instant::now();
+    let appended = log.append(payload).await;
+    crate::log::latency::record(appending.elapsed());
+    let entry = match appended {
         Ok(entry) => entry,
         Err(e) if e.is_in_doubt() => {
-            tracing::error!(%gid, error = %e, "append in doubt; the prepared transaction is left for recovery at the next start");
-            return Ok(Outcome::Failed(Failure::Waly(
-                PgError::error(e.sqlstate(), format!("waly cannot tell whether this transaction was logged: {e}"))
-                    .with_detail(format!("The transaction is prepared as {gid}; it is committed or rolled back, by what the log holds, when waly restarts."))
-                    .with_hint("Restart waly."),
-            )));
+            let error = PgError::error(
+                e.sqlstate(),
+                format!("waly cannot tell whether this transaction was logged: {e}"),
+            );
+            return Ok(Outcome::Failed(match log.in_doubt_settles_after() {
+                Some(settles_after) => {
+                    tracing::error!(%gid, error = %e, settle_secs = settles_after.as_secs(), "append in doubt; the log decides the prepared transaction once the append has settled");
+                    Failure::InDoubt {
+                        error: error
+                            .with_detail(format!("The transaction is prepared as {gid}; within about {} s waly reads the log and commits it if its record is there, or rolls it back if not.", settles_after.as_secs() + 1))
+                            .with_hint("Check whether the transaction took effect before retrying it."),
+                        gid,
+                        settles_after,
+                        after: end_before,
+                    }
+                }
+                None => {
+                    tracing::error!(%gid, error = %e, "append in doubt; the prepared transaction is left for recovery at the next start");
+                    Failure::Waly(
+                        error
+                            .with_detail(format!("The transaction is prepared as {gid}; it is committed or rolled back, by what the log holds, when waly restarts."))
+                            .with_hint("Restart waly."),
+                    )
+                }
+            }));
         }
         Err(e) => {
             rollback(backend, &format!("ROLLBACK PREPARED '{gid}'")).await?;

@@ -13,7 +13,7 @@ use tokio_postgres::NoTls;
 
 use super::{GID_PREFIX, gid_owner, owner_log};
 use crate::config::Config;
-use crate::log::{Log, LogError};
+use crate::log::{Log, LogError, LogRouter, Position};
 use crate::record::Record;
 
 /// What start-up recovery did.
@@ -21,6 +21,8 @@ use crate::record::Record;
 pub struct RecoveryReport {
     pub committed: Vec<String>,
     pub rolled_back: Vec<String>,
+    /// Not in the log yet, but a dead process's append may still land (Kafka): decided by a later pass.
+    pub deferred: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +52,17 @@ const CLOCK_MARGIN: Duration = Duration::from_secs(3600);
 
 /// Resolves every prepared `waly_` transaction recorded for this log (`owner`'s log id) and not made by
 /// the process `owner` itself.
+///
+/// A transaction whose record is in the log is committed at once. One whose record is not is rolled back
+/// only once its log has settled since this process started (`started`): with Kafka, an append the dead
+/// process had sent may still reach the topic for a while ([`Log::in_doubt_settles_after`]), and rolling
+/// back before it lands would leave a logged transaction uncommitted. Until then it stays prepared and is
+/// reported as deferred, for a later pass.
 pub async fn recover_at_start(
     config: &Config,
-    log: &dyn Log,
+    logs: &dyn LogRouter,
     owner: &str,
+    started: std::time::Instant,
 ) -> Result<RecoveryReport, RecoveryError> {
     let client = connect(config, "postgres").await?;
     let rows = client
@@ -63,28 +72,41 @@ pub async fn recover_at_start(
             &[&GID_PREFIX],
         )
         .await?;
-    let mut by_database: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut earliest = i64::MAX;
+    // Per database: its gids and the earliest PREPARE among them.
+    let mut by_database: BTreeMap<String, (Vec<String>, i64)> = BTreeMap::new();
     for row in rows {
         let gid: String = row.get(0);
         match gid_owner(&gid) {
             Some(o) if o != owner && owner_log(o) == owner_log(owner) => {}
             _ => continue,
         }
-        earliest = earliest.min(row.get::<_, i64>(2));
-        by_database.entry(row.get(1)).or_default().push(gid);
+        let entry = by_database
+            .entry(row.get(1))
+            .or_insert((Vec::new(), i64::MAX));
+        entry.0.push(gid);
+        entry.1 = entry.1.min(row.get::<_, i64>(2));
     }
     let mut report = RecoveryReport::default();
-    if by_database.is_empty() {
-        return Ok(report);
-    }
-    let wanted: HashSet<&str> = by_database.values().flatten().map(String::as_str).collect();
-    let logged = logged_gids(log, &wanted, earliest - CLOCK_MARGIN.as_micros() as i64).await?;
-
-    for (database, gids) in &by_database {
+    for (database, (gids, earliest)) in &by_database {
+        let wanted: HashSet<&str> = gids.iter().map(String::as_str).collect();
+        let log = logs.log_for(database);
+        let logged = logged_gids(
+            log.as_ref(),
+            &wanted,
+            earliest - CLOCK_MARGIN.as_micros() as i64,
+        )
+        .await?;
         let client = connect(config, database).await?;
+        let settled = log
+            .in_doubt_settles_after()
+            .is_none_or(|d| started.elapsed() >= d);
         for gid in gids {
             let commit = logged.contains(gid.as_str());
+            if !commit && !settled {
+                tracing::debug!(%database, %gid, "recovery: a prepared transaction not in the log yet; deciding once the log has settled");
+                report.deferred.push(gid.clone());
+                continue;
+            }
             let sql = if commit {
                 format!("COMMIT PREPARED '{gid}'")
             } else {
@@ -109,10 +131,19 @@ async fn logged_gids(
     wanted: &HashSet<&str>,
     since_micros: i64,
 ) -> Result<HashSet<String>, LogError> {
+    match log.position_at(since_micros).await? {
+        Some(from) => logged_gids_from(log, wanted, from).await,
+        None => Ok(HashSet::new()),
+    }
+}
+
+/// Which of `wanted` have a record in the log at or after position `from`.
+async fn logged_gids_from(
+    log: &dyn Log,
+    wanted: &HashSet<&str>,
+    mut from: Position,
+) -> Result<HashSet<String>, LogError> {
     let mut found = HashSet::new();
-    let Some(mut from) = log.position_at(since_micros).await? else {
-        return Ok(found);
-    };
     loop {
         let entries = log.read(from, 1024).await?;
         let Some(last) = entries.last() else { break };
@@ -128,7 +159,7 @@ async fn logged_gids(
                 }
             }
         }
-        if from > log.end() || found.len() == wanted.len() {
+        if found.len() == wanted.len() {
             break;
         }
     }
@@ -175,6 +206,42 @@ impl Resolver {
             }
         });
         Resolver { jobs }
+    }
+
+    /// Decides the prepared transaction `gid` in `database` by what `log` holds, once an in-doubt append
+    /// has settled (`settles_after`): committed if its record is there (after position `after`), rolled
+    /// back if not. Retries the read until the log answers.
+    pub fn settle_in_doubt(
+        &self,
+        database: &str,
+        gid: &str,
+        log: std::sync::Arc<dyn Log>,
+        settles_after: Duration,
+        after: Position,
+    ) {
+        let (jobs, database, gid) = (self.jobs.clone(), database.to_owned(), gid.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(settles_after).await;
+            let wanted: HashSet<&str> = [gid.as_str()].into();
+            loop {
+                match logged_gids_from(log.as_ref(), &wanted, after.next()).await {
+                    Ok(found) => {
+                        let commit = found.contains(&gid);
+                        tracing::warn!(%database, %gid, commit, "an in-doubt append has settled; resolving its prepared transaction by the log");
+                        let _ = jobs.send(Job {
+                            database,
+                            gid,
+                            commit,
+                        });
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%database, %gid, error = %e, "cannot read the log to settle an in-doubt append yet; retrying");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }
+            }
+        });
     }
 
     /// Commits (`commit`) or rolls back the prepared transaction `gid` in `database`, eventually.

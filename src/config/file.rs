@@ -31,6 +31,49 @@ pub(super) struct RawConfig {
     /// The role waly uses for its own connections (migrations, recovery of prepared transactions).
     #[serde(default = "default_admin_user")]
     pub admin_user: String,
+    /// Where records go: the embedded file log (default) or Kafka.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    /// `file` (default) or `kafka`.
+    #[serde(default)]
+    pub backend: Option<String>,
+    #[serde(default)]
+    pub kafka: Option<RawKafka>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKafka {
+    /// bootstrap.servers: host:port[,host:port...]
+    pub brokers: Option<String>,
+    /// The topic of a database's records; `{database}` is replaced by the database's name.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    #[serde(default = "default_append_timeout_ms")]
+    pub append_timeout_ms: u64,
+    /// The replication factor of topics waly creates.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// Further librdkafka settings for waly's producer and readers (security.protocol, sasl.*, ...).
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+pub(super) fn default_topic() -> String {
+    "waly.{database}".to_owned()
+}
+
+pub(super) fn default_append_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_replication_factor() -> i32 {
+    1
 }
 
 fn default_admin_user() -> String {

@@ -31,6 +31,32 @@ pub struct Config {
     /// The role waly connects as for its own work: applying its migrations and resolving prepared
     /// transactions at start. It must be a superuser; its password comes from its `users` entry.
     pub admin_user: String,
+    /// Where records go.
+    pub log: LogBackend,
+}
+
+/// The log backend: where each write transaction's record becomes durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogBackend {
+    /// The embedded file log in `data_dir/log`, one log for every database.
+    File,
+    /// Kafka: one single-partition topic per database.
+    Kafka(KafkaSettings),
+}
+
+/// How waly reaches Kafka and names its topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSettings {
+    /// bootstrap.servers.
+    pub brokers: String,
+    /// Topic name template; `{database}` stands for the database's name.
+    pub topic: String,
+    /// How long an append may wait for the brokers' acknowledgement before the transaction fails.
+    pub append_timeout: Duration,
+    /// Replication factor of the topics waly creates.
+    pub replication_factor: i32,
+    /// Extra librdkafka properties, applied last.
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 /// Where Postgres listens. User and database come from each client's startup message.
@@ -96,6 +122,10 @@ pub struct Overrides {
     pub tls_required: Option<bool>,
     pub workers: Option<usize>,
     pub admin_user: Option<String>,
+    /// `file` or `kafka`.
+    pub log_backend: Option<String>,
+    /// Kafka bootstrap servers (also selects nothing by itself: see `log_backend`).
+    pub kafka_brokers: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -233,7 +263,10 @@ fn resolve(
         });
     }
 
+    let log = resolve_log(raw.log, o, &at)?;
+
     Ok(Config {
+        log,
         listen,
         upstream,
         data_dir: o.data_dir.clone().unwrap_or(raw.data_dir),
@@ -250,6 +283,68 @@ fn resolve(
             .unwrap_or_else(default_workers),
         admin_user: o.admin_user.clone().unwrap_or(raw.admin_user),
     })
+}
+
+fn resolve_log(
+    raw: file::RawLog,
+    o: &Overrides,
+    at: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<LogBackend, ConfigError> {
+    let backend = match (&o.log_backend, &raw.backend) {
+        (Some(v), _) => v.clone(),
+        (None, Some(v)) => v.clone(),
+        (None, None) => "file".to_owned(),
+    };
+    match backend.as_str() {
+        "file" => Ok(LogBackend::File),
+        "kafka" => {
+            let kafka = raw.kafka.unwrap_or(file::RawKafka {
+                brokers: None,
+                topic: file::default_topic(),
+                append_timeout_ms: file::default_append_timeout_ms(),
+                replication_factor: 1,
+                properties: Default::default(),
+            });
+            let brokers = o.kafka_brokers.clone().or(kafka.brokers).ok_or_else(|| {
+                at(
+                    "backend:",
+                    "log backend kafka needs log.kafka.brokers (or --kafka-brokers / WALY_KAFKA_BROKERS), for example 127.0.0.1:9092".into(),
+                )
+            })?;
+            if !kafka.topic.contains("{database}") {
+                return Err(at(
+                    "topic:",
+                    format!(
+                        "log.kafka.topic {:?} must contain {{database}}: each database has its own topic",
+                        kafka.topic
+                    ),
+                ));
+            }
+            if kafka.append_timeout_ms == 0 {
+                return Err(at(
+                    "append_timeout_ms:",
+                    "log.kafka.append_timeout_ms must be above 0".into(),
+                ));
+            }
+            Ok(LogBackend::Kafka(KafkaSettings {
+                brokers,
+                topic: kafka.topic,
+                append_timeout: Duration::from_millis(kafka.append_timeout_ms),
+                replication_factor: kafka.replication_factor,
+                properties: kafka.properties,
+            }))
+        }
+        other => {
+            let message = format!("unknown log backend {other:?}: expected file or kafka");
+            Err(match &o.log_backend {
+                Some(_) => ConfigError::Override {
+                    origin: "--log-backend / WALY_LOG_BACKEND",
+                    message,
+                },
+                None => at("backend:", message),
+            })
+        }
+    }
 }
 
 /// Half the CPUs, at least one: waly usually shares its machine with Postgres or the application, and on
@@ -363,5 +458,81 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("waly.yaml:1:"), "{e}");
+    }
+
+    #[test]
+    fn the_log_backend_is_the_file_log_unless_kafka_is_chosen() {
+        assert_eq!(
+            load_text(GOOD, &Overrides::default()).unwrap().log,
+            LogBackend::File
+        );
+        let kafka = format!(
+            "{GOOD}log:\n  backend: kafka\n  kafka:\n    brokers: k1:9092,k2:9092\n    append_timeout_ms: 2500\n"
+        );
+        let LogBackend::Kafka(k) = load_text(&kafka, &Overrides::default()).unwrap().log else {
+            panic!("kafka expected");
+        };
+        assert_eq!(k.brokers, "k1:9092,k2:9092");
+        assert_eq!(k.topic, "waly.{database}");
+        assert_eq!(k.append_timeout, Duration::from_millis(2500));
+        // Flags win: the backend and the brokers can be chosen without touching the file.
+        let o = Overrides {
+            log_backend: Some("kafka".into()),
+            kafka_brokers: Some("b:9092".into()),
+            ..Overrides::default()
+        };
+        let LogBackend::Kafka(k) = load_text(GOOD, &o).unwrap().log else {
+            panic!("kafka expected");
+        };
+        assert_eq!(k.brokers, "b:9092");
+    }
+
+    #[test]
+    fn a_kafka_log_without_brokers_or_a_per_database_topic_is_refused_with_its_line() {
+        let e = load_text(
+            &format!("{GOOD}log:\n  backend: kafka\n"),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("waly.yaml:8:") && e.contains("log.kafka.brokers"),
+            "{e}"
+        );
+        let e = load_text(
+            &format!(
+                "{GOOD}log:\n  backend: kafka\n  kafka:\n    brokers: k:9092\n    topic: waly\n"
+            ),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("waly.yaml:11:") && e.contains("{database}"),
+            "{e}"
+        );
+        let e = load_text(
+            &format!("{GOOD}log:\n  backend: s3\n"),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown log backend \"s3\""), "{e}");
+    }
+
+    #[test]
+    fn the_example_files_load() {
+        for file in ["config/waly.yaml", "config/waly.kafka.yaml"] {
+            let text = std::fs::read_to_string(file).unwrap();
+            let env = |_: &str| Some("pw".to_owned());
+            resolve(
+                file::parse(file, &text).unwrap(),
+                &Overrides::default(),
+                file,
+                &text,
+                env,
+            )
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
     }
 }

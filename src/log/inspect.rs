@@ -1,7 +1,7 @@
 //! What `waly log tail` and `waly log show` print: entries rendered for a person (a block per record) or
 //! for a program (one JSON object per line), and the loops that choose which entries.
 //!
-//! Owns the presentation of log entries and nothing more: it reads through a [`FileLogReader`], so it
+//! Owns the presentation of log entries and nothing more: it reads through a [`LogReader`], so it
 //! never locks or writes the log, and writes only to the output it is given. It is the one part of `log`
 //! that knows a payload is a [`Record`](crate::record::Record). It must never panic on what it reads: a
 //! payload that is not a record is shown as such.
@@ -13,7 +13,7 @@ mod tests;
 use std::io::{self, Write};
 use std::time::Duration;
 
-use super::{Entry, FileLogReader, LogError, Position};
+use super::{Entry, LogError, LogReader, Position};
 
 pub use render::{render_human, render_json};
 
@@ -75,11 +75,11 @@ pub fn render(entry: &Entry, format: Format, out: &mut impl Write) -> io::Result
 /// `--from 500 -n 1 -f` waits for position 500). `from` may lie beyond the end: it is waited for with
 /// `follow`, and prints nothing without. Output is flushed after every batch of entries.
 ///
-/// Entries up to the reader's [`end`](FileLogReader::end) are shown, which may run one group commit ahead
+/// Entries up to the reader's [`end`](LogReader::end) are shown, which may run one group commit ahead
 /// of what the writer acknowledged; should the writer cut such a batch off again, the positions are
 /// printed again when they are filled.
 pub async fn tail(
-    log: &FileLogReader,
+    log: &dyn LogReader,
     from: Option<Position>,
     last_n: Option<usize>,
     follow: bool,
@@ -138,7 +138,7 @@ pub async fn tail(
 
 /// Prints the entry at `position`, or fails with [`InspectError::NoRecord`] saying where the log ends.
 pub async fn show(
-    log: &FileLogReader,
+    log: &dyn LogReader,
     position: Position,
     out: &mut (impl Write + Send),
     format: Format,

@@ -11,6 +11,9 @@
 mod error;
 pub mod file;
 pub mod inspect;
+pub mod kafka;
+pub mod latency;
+mod reader;
 
 use std::fmt;
 
@@ -19,6 +22,8 @@ use bytes::Bytes;
 
 pub use error::LogError;
 pub use file::{FileLog, FileLogConfig, FileLogReader, RecoveryReport, TailCut};
+pub use kafka::{KafkaLog, KafkaLogs};
+pub use reader::{LogReader, open_reader};
 
 /// A record's place in the log: dense, starting at 1, strictly increasing; the total order of records.
 /// `Position(0)` means "before the first record" (the end of an empty log).
@@ -102,4 +107,32 @@ pub trait Log: Send + Sync {
 
     /// Group-commit statistics.
     fn stats(&self) -> LogStats;
+
+    /// After an append failed [`LogError::InDoubt`], how long until reading the log tells whether the
+    /// record is in it; `None` when only a restart tells (the file log: its writer stops on such a
+    /// failure).
+    fn in_doubt_settles_after(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
+/// Which log a database's records go to.
+pub trait LogRouter: Send + Sync {
+    fn log_for(&self, database: &str) -> std::sync::Arc<dyn Log>;
+
+    /// Statistics summed over every log used.
+    fn stats(&self) -> LogStats;
+}
+
+/// One log for every database (the file log).
+pub struct SharedLog(pub std::sync::Arc<dyn Log>);
+
+impl LogRouter for SharedLog {
+    fn log_for(&self, _database: &str) -> std::sync::Arc<dyn Log> {
+        std::sync::Arc::clone(&self.0)
+    }
+
+    fn stats(&self) -> LogStats {
+        self.0.stats()
+    }
 }

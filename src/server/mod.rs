@@ -25,7 +25,9 @@ use crate::auth::AuthCatalog;
 use crate::classify::ClassStats;
 use crate::commit::{Resolver, recover_at_start};
 use crate::config::Config;
-use crate::log::{FileLog, FileLogConfig, Log, LogError};
+use crate::config::LogBackend;
+use crate::log::kafka::TopicCheckError;
+use crate::log::{FileLog, FileLogConfig, KafkaLogs, LogError, LogRouter, SharedLog};
 use cancel::CancelRegistry;
 pub use databases::Databases;
 
@@ -40,8 +42,8 @@ pub struct ServerContext {
     pub draining: CancellationToken,
     /// Cancelled when the shutdown timeout has passed: sessions close now.
     pub terminating: CancellationToken,
-    /// The write-ahead log every write transaction's record goes to.
-    pub log: Arc<dyn Log>,
+    /// The write-ahead log each database's write transactions' records go to.
+    pub logs: Arc<dyn LogRouter>,
     /// This process's token in the gids it prepares (see [`crate::commit::gid`]).
     pub boot: String,
     /// Finishes prepared transactions of sessions that lost their backend mid-commit.
@@ -85,14 +87,7 @@ impl Server {
                     address: config.listen,
                     source,
                 })?;
-        let dir = FileLog::dir_in(&config.data_dir);
-        let log: Arc<dyn Log> = Arc::new(
-            tokio::task::spawn_blocking(move || FileLog::open(dir, FileLogConfig::default()))
-                .await
-                .map_err(|e| LogError::Unavailable {
-                    detail: e.to_string(),
-                })??,
-        );
+        let logs = open_logs(&config).await?;
         let boot = format!(
             "{:x}",
             std::time::SystemTime::now()
@@ -102,7 +97,7 @@ impl Server {
         );
         let log_id = log_id(&config.data_dir).map_err(|e| LogError::from_io("the log id", &e))?;
         let boot = crate::commit::owner_token(&log_id, &boot);
-        start_recovery(&config, &log, &boot).await;
+        start_recovery(&config, &logs, &boot).await;
         let workers = workers::Workers::start(config.workers).map_err(ServerError::Workers)?;
         let resolver = Resolver::start(config.clone());
         let ctx = Arc::new(ServerContext {
@@ -113,7 +108,7 @@ impl Server {
             stats: Arc::default(),
             draining: CancellationToken::new(),
             terminating: CancellationToken::new(),
-            log,
+            logs,
             boot,
             resolver,
             databases: Databases::default(),
@@ -192,12 +187,16 @@ impl Server {
             let _ = tokio::time::timeout(Duration::from_secs(5), sessions.wait()).await;
         }
         workers.stop();
-        let l = ctx.log.stats();
+        let l = ctx.logs.stats();
+        let latency = crate::log::latency::snapshot();
         tracing::info!(
             appends = l.appends,
             batches = l.batches,
             appends_per_batch = format!("{:.2}", l.appends_per_batch()),
             failed_appends = l.failed_appends,
+            append_p50_us = latency.p50_us,
+            append_p99_us = latency.p99_us,
+            append_max_us = latency.max_us,
             "log statistics"
         );
         let s = ctx.stats.snapshot();
@@ -212,6 +211,40 @@ impl Server {
             cache_hits = s.cache_hits,
             "waly stopped"
         );
+    }
+}
+
+/// The log backend the configuration names: the file log in `data_dir` (opened now, so a damaged or
+/// locked log stops the start), or Kafka (its producer created now; each database's topic is checked or
+/// created when the database is first used).
+async fn open_logs(config: &Config) -> Result<Arc<dyn LogRouter>, ServerError> {
+    match &config.log {
+        LogBackend::File => {
+            let dir = FileLog::dir_in(&config.data_dir);
+            let log =
+                tokio::task::spawn_blocking(move || FileLog::open(dir, FileLogConfig::default()))
+                    .await
+                    .map_err(|e| LogError::Unavailable {
+                        detail: e.to_string(),
+                    })??;
+            Ok(Arc::new(SharedLog(Arc::new(log))))
+        }
+        LogBackend::Kafka(settings) => {
+            tracing::info!(brokers = %settings.brokers, topic = %settings.topic, append_timeout_ms = settings.append_timeout.as_millis() as u64, "log backend: Kafka");
+            let logs = KafkaLogs::new(settings.clone())?;
+            match logs.check_topics().await {
+                Ok(topics) => tracing::info!(
+                    topics = topics.len(),
+                    "Kafka brokers answered; existing topics have one partition each"
+                ),
+                // A topic with several partitions has no total order: refuse to start.
+                Err(TopicCheckError::Partitions(e)) => return Err(e.into()),
+                Err(TopicCheckError::Unreachable(e)) => {
+                    tracing::warn!(error = %e, "Kafka is not reachable at start; reads work, writes fail until it is")
+                }
+            }
+            Ok(Arc::new(logs))
+        }
     }
 }
 
@@ -243,29 +276,33 @@ fn log_id(data_dir: &std::path::Path) -> std::io::Result<String> {
 }
 
 /// Resolves what an earlier process left prepared. Waits briefly for Postgres; if it is not there yet,
-/// keeps trying in the background (gids of this process are never touched, so that is safe). A second
-/// pass a little later catches a PREPARE the previous process had sent that Postgres finished only after
-/// the first pass.
-async fn start_recovery(config: &Config, log: &Arc<dyn Log>, owner: &str) {
-    let first = recover_at_start(config, log.as_ref(), owner).await;
+/// keeps trying in the background (gids of this process are never touched, so that is safe). Later
+/// passes catch a PREPARE the previous process had sent that Postgres finished only after the first pass,
+/// and decide what the first pass deferred until the log had settled (Kafka).
+async fn start_recovery(config: &Config, logs: &Arc<dyn LogRouter>, owner: &str) {
+    let started = std::time::Instant::now();
+    let first = recover_at_start(config, logs.as_ref(), owner, started).await;
     match &first {
         Ok(report) => report_recovery(report),
         Err(e) => {
             tracing::warn!(error = %e, "recovery of prepared transactions postponed; retrying in the background")
         }
     }
-    let (config, log, owner) = (config.clone(), Arc::clone(log), owner.to_owned());
-    let mut pending_first = first.is_err();
+    let (config, logs, owner) = (config.clone(), Arc::clone(logs), owner.to_owned());
+    let mut pending = match &first {
+        Ok(report) => !report.deferred.is_empty(),
+        Err(_) => true,
+    };
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(Duration::from_secs(if pending_first { 2 } else { 10 })).await;
-            match recover_at_start(&config, log.as_ref(), &owner).await {
+            tokio::time::sleep(Duration::from_secs(if pending { 2 } else { 10 })).await;
+            match recover_at_start(&config, logs.as_ref(), &owner, started).await {
                 Ok(report) => {
                     report_recovery(&report);
-                    if !pending_first {
+                    pending = !report.deferred.is_empty();
+                    if !pending && started.elapsed() >= Duration::from_secs(10) {
                         return;
                     }
-                    pending_first = false;
                 }
                 Err(e) => tracing::debug!(error = %e, "recovery still postponed"),
             }
@@ -274,12 +311,13 @@ async fn start_recovery(config: &Config, log: &Arc<dyn Log>, owner: &str) {
 }
 
 fn report_recovery(report: &crate::commit::recovery::RecoveryReport) {
-    if report.committed.is_empty() && report.rolled_back.is_empty() {
+    if report.committed.is_empty() && report.rolled_back.is_empty() && report.deferred.is_empty() {
         tracing::debug!("recovery: no prepared transaction left in doubt");
     } else {
         tracing::info!(
             committed = report.committed.len(),
             rolled_back = report.rolled_back.len(),
+            deferred = report.deferred.len(),
             "recovery resolved the prepared transactions an earlier run left"
         );
     }

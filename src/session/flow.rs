@@ -886,6 +886,21 @@ where
                             .in_scope(|| tracing::warn!(error = %e, "transaction not committed"));
                         e.encode(&mut b.to_client)
                     }
+                    Failure::InDoubt {
+                        error,
+                        gid,
+                        settles_after,
+                        after,
+                    } => {
+                        self.write.resolver.settle_in_doubt(
+                            &self.write.session.database,
+                            &gid,
+                            log,
+                            settles_after,
+                            after,
+                        );
+                        error.encode(&mut b.to_client)
+                    }
                 }
                 if !last && self.flow.pieces.is_empty() {
                     // The rest of the batch is still to come: Postgres would skip it to the Sync.

@@ -71,7 +71,7 @@ pub async fn serve(
         application_name,
     } = session;
     let write = relay::WriteContext {
-        log: Arc::clone(&ctx.log),
+        log: ctx.logs.log_for(&database),
         session: crate::record::SessionInfo {
             user: user.clone(),
             database: database.clone(),

@@ -14,6 +14,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod backend;
+pub mod kafka;
 pub mod raw;
 
 pub const PG_PASSWORD: &str = "postgres";
@@ -124,6 +126,8 @@ pub struct Waly {
     pub child: Child,
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
+    /// Where this waly's records are.
+    pub access: backend::LogAccess,
 }
 
 pub struct WalyOptions {
@@ -131,6 +135,9 @@ pub struct WalyOptions {
     pub extra_yaml: String,
     pub env: Vec<(String, String)>,
     pub upstream_port: u16,
+    /// The log backend: `None` is the file log in the waly's data directory. Defaults to Kafka (the
+    /// shared test broker, topics of a prefix of its own) when `WALY_TEST_LOG_BACKEND=kafka`.
+    pub kafka: Option<backend::LogAccess>,
 }
 
 impl Default for WalyOptions {
@@ -142,6 +149,10 @@ impl Default for WalyOptions {
             extra_yaml: String::new(),
             env: vec![("WALY_TEST_PW".into(), PG_PASSWORD.into())],
             upstream_port: postgres().port,
+            kafka: backend::kafka_mode().then(|| backend::LogAccess::Kafka {
+                bootstrap: kafka::broker().bootstrap(),
+                prefix: kafka::unique_topic_prefix(),
+            }),
         }
     }
 }
@@ -155,13 +166,17 @@ impl Waly {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("waly.yaml");
+        let access = options.kafka.clone().unwrap_or(backend::LogAccess::File {
+            data_dir: dir.path().join("data"),
+        });
         std::fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:{port}\nupstream: postgres://127.0.0.1:{}\ndata_dir: {}\nlog_format: json\n{}users:\n{}",
+                "listen: 127.0.0.1:{port}\nupstream: postgres://127.0.0.1:{}\ndata_dir: {}\nlog_format: json\n{}{}users:\n{}",
                 options.upstream_port,
                 dir.path().join("data").display(),
                 options.extra_yaml,
+                access.yaml(),
                 options.users_yaml
             ),
         )
@@ -183,6 +198,7 @@ impl Waly {
             child,
             dir,
             log,
+            access,
         };
         waly.wait_ready();
         waly
@@ -395,6 +411,7 @@ impl Waly {
                     "--target",
                     target,
                 ])
+                .args(self.access.replay_args(None))
                 .env("WALY_TEST_PW", PG_PASSWORD),
             "waly replay",
         )
@@ -402,24 +419,16 @@ impl Waly {
 
     /// How many records the log holds now.
     pub async fn log_end(&self) -> u64 {
-        waly::log::FileLog::open_read_only(self.data_dir().join("log"))
-            .expect("open the log read-only")
-            .end()
-            .await
-            .expect("the log's end")
-            .0
+        self.access.end().await
     }
 
     /// Every record in the log, in order.
     pub async fn records(&self) -> Vec<waly::record::Record> {
-        let reader = waly::log::FileLog::open_read_only(self.data_dir().join("log"))
-            .expect("open the log read-only");
-        reader
-            .read(waly::log::Position(0), usize::MAX)
+        self.access
+            .entries()
             .await
-            .expect("read the log")
             .into_iter()
-            .map(|e| waly::record::Record::from_json(&e.payload).expect("a readable record"))
+            .map(|(_, r)| r)
             .collect()
     }
 }
