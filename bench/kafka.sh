@@ -199,42 +199,6 @@ start_waly_kafka() {
     return 1
 }
 
-# waly_stop: SIGTERM, wait for a graceful exit (its shutdown timeout is 30 s),
-# reap it. Sets WALY_STOP_RC.
-waly_stop() {
-    local pid=$WALY_PID i
-    WALY_STOP_RC=""
-    [ -n "$pid" ] || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 400; i++)); do
-        alive "$pid" || break
-        sleep 0.1
-    done
-    if alive "$pid"; then
-        warn "waly (pid $pid) did not stop within 40 s of SIGTERM; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null && WALY_STOP_RC=0 || WALY_STOP_RC=$?
-    WALY_PID=""
-}
-
-# waly_stats LOGFILE -> "appends batches failed_appends append_p50_us append_p99_us append_max_us"
-# from the "log statistics" line waly writes when it stops (empty if absent)
-waly_stats() {
-    jq -R -r 'fromjson? | select(type == "object")
-        | (.fields // .) as $f
-        | select(($f.message // .message // "") == "log statistics")
-        | "\($f.appends) \($f.batches) \($f.failed_appends) \($f.append_p50_us) \($f.append_p99_us) \($f.append_max_us)"' "$1" | tail -n 1
-}
-
-# waly_problems LOGFILE -> waly's WARN and ERROR lines (message and fields)
-waly_problems() {
-    jq -R -r 'fromjson? | select(type == "object")
-        | select((.level // "") | test("WARN|ERROR"))
-        | (.fields // .) as $f
-        | "\(.level) \($f.message // .message // ""): \($f | del(.message, .timestamp, .level) | tostring)"' "$1" 2>/dev/null || true
-}
-
 RUN_ERRORS=()
 WALY_PROBLEMS=()
 
@@ -253,7 +217,7 @@ waly_down() { # waly_down NAME: graceful stop; sets W_APPENDS W_BATCHES W_FAILED
     local lf="$WALY_LOGS/$1.log" p
     waly_stop
     W_APPENDS=""; W_BATCHES=""; W_FAILED=""; W_P50=""; W_P99=""; W_MAX=""
-    read -r W_APPENDS W_BATCHES W_FAILED W_P50 W_P99 W_MAX < <(waly_stats "$lf"; echo) || true
+    read -r W_APPENDS W_BATCHES W_FAILED W_P50 W_P99 W_MAX < <(waly_log_stats "$lf" appends batches failed_appends append_p50_us append_p99_us append_max_us; echo) || true
     if [ -z "$W_APPENDS" ]; then
         RUN_ERRORS+=("$1: waly wrote no \"log statistics\" line (exit status ${WALY_STOP_RC:-?})")
     elif [ "${WALY_STOP_RC:-0}" != 0 ]; then

@@ -370,3 +370,43 @@ EOF
         fi
     fi
 }
+
+# ---------------------------------------------------------------- stopping waly, reading its log
+# waly_stop: SIGTERM, wait for a graceful exit (its shutdown timeout is 30 s),
+# reap it. Sets WALY_STOP_RC.
+waly_stop() {
+    local pid=$WALY_PID i
+    WALY_STOP_RC=""
+    [ -n "$pid" ] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 400; i++)); do
+        alive "$pid" || break
+        sleep 0.1
+    done
+    if alive "$pid"; then
+        warn "waly (pid $pid) did not stop within 40 s of SIGTERM; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null && WALY_STOP_RC=0 || WALY_STOP_RC=$?
+    WALY_PID=""
+}
+
+# waly_log_stats LOGFILE FIELD... -> the FIELDs of the "log statistics" line waly
+# (log_format json) writes when it stops, space-separated; empty if absent
+waly_log_stats() {
+    local file=$1 fields
+    shift
+    fields=$(printf '\\($f.%s) ' "$@")
+    jq -R -r "fromjson? | select(type == \"object\")
+        | (.fields // .) as \$f
+        | select((\$f.message // .message // \"\") == \"log statistics\")
+        | \"${fields% }\"" "$file" | tail -n 1
+}
+
+# waly_problems LOGFILE -> waly's WARN and ERROR lines (message and fields)
+waly_problems() {
+    jq -R -r 'fromjson? | select(type == "object")
+        | select((.level // "") | test("WARN|ERROR"))
+        | (.fields // .) as $f
+        | "\(.level) \($f.message // .message // ""): \($f | del(.message, .timestamp, .level) | tostring)\(if .spans then " spans=" + (.spans | tostring) else "" end)"' "$1" 2>/dev/null || true
+}

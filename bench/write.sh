@@ -121,42 +121,6 @@ waly_cli() { # waly_cli ARGS...: a waly subcommand with the benchmark's config
     WALY_PASSWORD_POSTGRES=$PG_PASSWORD "$WALY_EXE" "$@" --config "$WALY_CONFIG"
 }
 
-# waly_stop: SIGTERM, wait for a graceful exit (its shutdown timeout is 30 s),
-# reap it. Sets WALY_STOP_RC.
-waly_stop() {
-    local pid=$WALY_PID i
-    WALY_STOP_RC=""
-    [ -n "$pid" ] || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 400; i++)); do
-        alive "$pid" || break
-        sleep 0.1
-    done
-    if alive "$pid"; then
-        warn "waly (pid $pid) did not stop within 40 s of SIGTERM; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null && WALY_STOP_RC=0 || WALY_STOP_RC=$?
-    WALY_PID=""
-}
-
-# waly_stats LOGFILE -> "appends batches appends_per_batch failed_appends" from
-# the "log statistics" line waly writes when it stops (empty if absent)
-waly_stats() {
-    jq -R -r 'fromjson? | select(type == "object")
-        | (.fields // .) as $f
-        | select(($f.message // .message // "") == "log statistics")
-        | "\($f.appends) \($f.batches) \($f.appends_per_batch) \($f.failed_appends)"' "$1" | tail -n 1
-}
-
-# waly_problems LOGFILE -> waly's WARN and ERROR lines (message and fields)
-waly_problems() {
-    jq -R -r 'fromjson? | select(type == "object")
-        | select((.level // "") | test("WARN|ERROR"))
-        | (.fields // .) as $f
-        | "\(.level) \($f.message // .message // ""): \($f | del(.message, .timestamp, .level) | tostring)\(if .spans then " spans=" + (.spans | tostring) else "" end)"' "$1" 2>/dev/null || true
-}
-
 WALY_PROBLEMS=()
 
 waly_up() { # waly_up NAME: start waly for one phase, logging to $WALY_LOGS/NAME.log
@@ -167,7 +131,7 @@ waly_down() { # waly_down NAME: graceful stop; sets W_APPENDS W_BATCHES W_APB W_
     local lf="$WALY_LOGS/$1.log" p
     waly_stop
     W_APPENDS=""; W_BATCHES=""; W_APB=""; W_FAILED=""
-    read -r W_APPENDS W_BATCHES W_APB W_FAILED < <(waly_stats "$lf"; echo) || true
+    read -r W_APPENDS W_BATCHES W_APB W_FAILED < <(waly_log_stats "$lf" appends batches appends_per_batch failed_appends; echo) || true
     if [ -z "$W_APPENDS" ]; then
         RUN_ERRORS+=("$1: waly wrote no \"log statistics\" line (exit status ${WALY_STOP_RC:-?})")
     elif [ "${WALY_STOP_RC:-0}" != 0 ]; then

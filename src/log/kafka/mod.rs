@@ -130,7 +130,7 @@ impl KafkaLogs {
     /// The check at start: every existing topic the template names (any database's) must have exactly one
     /// partition. Returns the topics seen.
     pub async fn check_topics(&self) -> Result<Vec<String>, TopicCheckError> {
-        let config = base_config_with(&self.settings);
+        let config = admin_config(&self.settings);
         let (prefix, suffix) = self
             .settings
             .topic
@@ -198,47 +198,61 @@ impl LogRouter for KafkaLogs {
     }
 }
 
-fn base_config(settings: &KafkaSettings) -> ClientConfig {
+/// A client configuration: the brokers, the settings of one kind of client (`own`), then the user's
+/// `properties`, which win.
+fn client_config(settings: &KafkaSettings, own: &[(&str, String)]) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &settings.brokers)
         .set("client.id", "waly")
         .set("socket.keepalive.enable", "true");
+    for (k, v) in own {
+        c.set(*k, v);
+    }
+    for (k, v) in &settings.properties {
+        c.set(k, v);
+    }
     c
+}
+
+/// Admin and metadata clients: the brokers and the user's properties.
+fn admin_config(settings: &KafkaSettings) -> ClientConfig {
+    client_config(settings, &[])
 }
 
 fn producer_config(settings: &KafkaSettings) -> ClientConfig {
-    let mut c = base_config(settings);
-    c.set("enable.idempotence", "true")
-        .set("acks", "all")
-        // librdkafka gives up on a record after this long and reports it failed: the append timeout.
-        .set(
-            "message.timeout.ms",
-            settings.append_timeout.as_millis().to_string(),
-        )
-        // Send at once; records queued while a request is in flight still travel together.
-        .set("linger.ms", "0")
-        .set("message.max.bytes", MAX_RECORD_BYTES.to_string());
-    for (k, v) in &settings.properties {
-        c.set(k, v);
-    }
-    c
+    client_config(
+        settings,
+        &[
+            ("enable.idempotence", "true".into()),
+            ("acks", "all".into()),
+            // librdkafka gives up on a record after this long and reports it failed: the append timeout.
+            (
+                "message.timeout.ms",
+                settings.append_timeout.as_millis().to_string(),
+            ),
+            // Send at once; records queued while a request is in flight still travel together.
+            ("linger.ms", "0".into()),
+            ("message.max.bytes", MAX_RECORD_BYTES.to_string()),
+        ],
+    )
 }
 
 fn reader_config(settings: &KafkaSettings) -> ClientConfig {
-    let mut c = base_config(settings);
-    c.set("group.id", "waly-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "50")
-        .set(
-            "receive.message.max.bytes",
-            (MAX_RECORD_BYTES + 1024 * 1024).to_string(),
-        );
-    for (k, v) in &settings.properties {
-        c.set(k, v);
-    }
+    let mut c = client_config(
+        settings,
+        &[
+            ("group.id", "waly-reader".into()),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("enable.partition.eof", "true".into()),
+            ("auto.offset.reset", "earliest".into()),
+            ("fetch.wait.max.ms", "50".into()),
+            (
+                "receive.message.max.bytes",
+                (MAX_RECORD_BYTES + 1024 * 1024).to_string(),
+            ),
+        ],
+    );
     c.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
     c
 }
@@ -271,7 +285,7 @@ impl KafkaLog {
     async fn ensure_topic(&self) -> Result<(), LogError> {
         self.checked
             .get_or_try_init(|| async {
-                let config = base_config_with(&self.settings);
+                let config = admin_config(&self.settings);
                 topic::ensure(
                     &config,
                     &self.topic,
@@ -288,14 +302,6 @@ impl KafkaLog {
     fn saw_end(&self, position: u64) {
         self.end.fetch_max(position, Ordering::Relaxed);
     }
-}
-
-fn base_config_with(settings: &KafkaSettings) -> ClientConfig {
-    let mut c = base_config(settings);
-    for (k, v) in &settings.properties {
-        c.set(k, v);
-    }
-    c
 }
 
 #[async_trait]
