@@ -149,9 +149,9 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// The shared in-memory broker: create, produce idempotently with acks=all, offsets dense from 0.
+/// The shared broker: create, produce idempotently with acks=all, offsets dense from 0.
 #[tokio::test(flavor = "multi_thread")]
-async fn shared_memory_broker_produces_dense_offsets() {
+async fn shared_broker_produces_dense_offsets() {
     let b = broker();
     let topic = format!("{}mem", unique_topic_prefix());
     create_topic(&b.bootstrap(), &topic).await;
@@ -162,7 +162,7 @@ async fn shared_memory_broker_produces_dense_offsets() {
     let mut offsets = Vec::new();
     for i in 0..5 {
         let (offset, took) = produce(&p, &topic, &format!("m{i}"), base + i).await;
-        eprintln!("memory broker: produce m{i} -> offset {offset} in {took:?}");
+        eprintln!("shared broker: produce m{i} -> offset {offset} in {took:?}");
         offsets.push(offset);
     }
     assert_eq!(offsets, vec![0, 1, 2, 3, 4], "offsets are dense from 0");

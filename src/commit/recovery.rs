@@ -144,9 +144,13 @@ async fn logged_gids_from(
     mut from: Position,
 ) -> Result<HashSet<String>, LogError> {
     let mut found = HashSet::new();
+    let first = from;
     loop {
         let entries = log.read(from, 1024).await?;
-        let Some(last) = entries.last() else { break };
+        let Some(last) = entries.last() else {
+            tracing::debug!(from = %first, to = %from, "read the log for prepared transactions");
+            break;
+        };
         from = last.position.next();
         for entry in &entries {
             match Record::from_json(&entry.payload) {

@@ -247,9 +247,18 @@ fn reader_config(settings: &KafkaSettings) -> ClientConfig {
             ("enable.partition.eof", "true".into()),
             ("auto.offset.reset", "earliest".into()),
             ("fetch.wait.max.ms", "50".into()),
+            // A fetch must be able to carry the largest record waly writes, whole.
+            (
+                "max.partition.fetch.bytes",
+                (MAX_RECORD_BYTES + 1024 * 1024).to_string(),
+            ),
+            (
+                "fetch.max.bytes",
+                (MAX_RECORD_BYTES + 1024 * 1024).to_string(),
+            ),
             (
                 "receive.message.max.bytes",
-                (MAX_RECORD_BYTES + 1024 * 1024).to_string(),
+                (MAX_RECORD_BYTES + 2 * 1024 * 1024).to_string(),
             ),
         ],
     );
