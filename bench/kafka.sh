@@ -144,60 +144,15 @@ port_of() {
 db_of() { echo "bench_$1"; }
 is_waly() { [ "$1" = file ] || [ "$1" = kafka ]; }
 
-# The Kafka backend's config: what bench_start_waly writes, plus a log: section.
+# The Kafka backend's config: what bench_start_waly writes, plus this log: section.
 KAFKA_CONFIG="$TMP/waly-kafka.yaml"
-WALY_DATA_KAFKA="$TMP/waly-data-kafka"
-mkdir -p "$WALY_DATA_KAFKA"
-cat > "$KAFKA_CONFIG" <<EOF
-listen: 127.0.0.1:$WALY_PORT
-upstream: postgres://127.0.0.1:$PG_PORT
-data_dir: $WALY_DATA_KAFKA
-log_format: json
-users:
-  - name: $PG_USER
-    method: scram-sha-256
-    password_env: WALY_PASSWORD_POSTGRES
-log:
+KAFKA_LOG_YAML="log:
   backend: kafka
   kafka:
     brokers: 127.0.0.1:$KAFKA_PORT
-    topic: "waly.{database}"
-    append_timeout_ms: 10000
-EOF
+    topic: \"waly.{database}\"
+    append_timeout_ms: 10000"
 FILE_CONFIG=""
-
-# start_waly_kafka LOGFILE READY_DB: bench_start_waly's start and readiness
-# wait, with $KAFKA_CONFIG (20 s: the first connection may create the topic)
-start_waly_kafka() {
-    local logfile=$1 ready_db=$2 deadline rc
-    WALY_OK=0
-    log "starting waly (Kafka backend) on $WALY_PORT ($WALY_EXE)"
-    WALY_PASSWORD_POSTGRES=$PG_PASSWORD RUST_LOG=info \
-        "$WALY_EXE" serve --config "$KAFKA_CONFIG" >"$logfile" 2>&1 </dev/null &
-    WALY_PID=$!
-    deadline=$((SECONDS + 20))
-    while [ "$SECONDS" -lt "$deadline" ]; do
-        if ! alive "$WALY_PID"; then break; fi
-        if can_query "$WALY_PORT" "$ready_db"; then WALY_OK=1; break; fi
-        sleep 0.25
-    done
-    if [ "$WALY_OK" -eq 1 ]; then
-        WALY_WORKERS=$(grep -o -m1 -E 'workers(=|":)[0-9]+' "$logfile" | head -1 | grep -o '[0-9]*$' || true)
-        log "waly up (pid $WALY_PID, Kafka backend)"
-        return 0
-    fi
-    if alive "$WALY_PID"; then
-        WALY_NOTE="waly (Kafka) started but did not answer an authenticated query on $WALY_PORT within 20 s"
-        stop_pid "$WALY_PID" waly
-    else
-        wait "$WALY_PID" 2>/dev/null && rc=0 || rc=$?
-        WALY_NOTE="waly (Kafka) exited during startup (exit status $rc)"
-    fi
-    WALY_PID=""
-    warn "$WALY_NOTE; last lines of its log:"
-    tail -n 15 "$logfile" | sed 's/^/    waly| /' >&2 || true
-    return 1
-}
 
 RUN_ERRORS=()
 WALY_PROBLEMS=()
@@ -205,13 +160,15 @@ WALY_PROBLEMS=()
 waly_up() { # waly_up BACKEND NAME: start waly with that log backend, logging to $WALY_LOGS/NAME.log
     local lf="$WALY_LOGS/$2.log"
     if [ "$1" = kafka ]; then
-        start_waly_kafka "$lf" "$(db_of kafka)"
+        # 20 s: the first connection may create the topic.
+        WALY_DATA="$TMP/waly-data-kafka" WALY_CONFIG_NAME=$(basename "$KAFKA_CONFIG") \
+            WALY_EXTRA_YAML=$KAFKA_LOG_YAML WALY_READY_SECS=20 \
+            bench_start_waly json "$lf" "$(db_of kafka)"
     else
-        WALY_DATA="$TMP/waly-data-file"
-        bench_start_waly json "$lf" "$(db_of file)"
+        WALY_DATA="$TMP/waly-data-file" bench_start_waly json "$lf" "$(db_of file)"
         FILE_CONFIG=$WALY_CONFIG
-        [ "$WALY_OK" -eq 1 ]
     fi
+    [ "$WALY_OK" -eq 1 ]
 }
 waly_down() { # waly_down NAME: graceful stop; sets W_APPENDS W_BATCHES W_FAILED W_P50 W_P99 W_MAX
     local lf="$WALY_LOGS/$1.log" p

@@ -324,10 +324,15 @@ bench_find_waly() {
 # starts `waly serve`, waiting until an authenticated query on READY_DB
 # (default $DB) answers. On success WALY_OK=1 and WALY_PID, WALY_WORKERS are
 # set; otherwise WALY_OK=0, WALY_PID is empty and WALY_NOTE says why.
+#
+# Optional, set for the call (`VAR=... bench_start_waly ...`): WALY_CONFIG_NAME (the
+# config's file name in $TMP, default waly.yaml), WALY_EXTRA_YAML (appended to the
+# config, e.g. a `log:` section), WALY_READY_SECS (how long to wait, default 10).
 bench_start_waly() {
     local format=${1:-human} logfile=${2:-$TMP/waly.log} ready_db=${3:-$DB} deadline rc
+    local ready_secs=${WALY_READY_SECS:-10}
     WALY_OK=0
-    WALY_CONFIG="$TMP/waly.yaml"
+    WALY_CONFIG="$TMP/${WALY_CONFIG_NAME:-waly.yaml}"
     cat > "$WALY_CONFIG" <<EOF
 listen: 127.0.0.1:$WALY_PORT
 upstream: postgres://127.0.0.1:$PG_PORT
@@ -337,6 +342,7 @@ users:
   - name: $PG_USER
     method: scram-sha-256
     password_env: WALY_PASSWORD_POSTGRES
+${WALY_EXTRA_YAML:-}
 EOF
     log "starting waly on $WALY_PORT ($WALY_EXE)"
     # info: waly logs its configuration (e.g. `workers=N`) once at start; it
@@ -344,7 +350,7 @@ EOF
     WALY_PASSWORD_POSTGRES=$PG_PASSWORD RUST_LOG=info \
         "$WALY_EXE" serve --config "$WALY_CONFIG" >"$logfile" 2>&1 </dev/null &
     WALY_PID=$!
-    deadline=$((SECONDS + 10))
+    deadline=$((SECONDS + ready_secs))
     while [ "$SECONDS" -lt "$deadline" ]; do
         if ! alive "$WALY_PID"; then break; fi
         if can_query "$WALY_PORT" "$ready_db"; then WALY_OK=1; break; fi
@@ -355,7 +361,7 @@ EOF
         log "waly up (pid $WALY_PID, ${WALY_WORKERS:-unknown} worker threads, build profile $WALY_PROFILE)"
     else
         if alive "$WALY_PID"; then
-            WALY_NOTE="waly skipped: started but did not answer an authenticated query on $WALY_PORT within 10 s"
+            WALY_NOTE="waly skipped: started but did not answer an authenticated query on $WALY_PORT within $ready_secs s"
             stop_pid "$WALY_PID" waly
         else
             wait "$WALY_PID" 2>/dev/null && rc=0 || rc=$?
