@@ -23,6 +23,7 @@ pub mod commit;
 pub mod config;
 pub mod log;
 pub mod migrate;
+pub mod operations;
 pub mod record;
 pub mod replay;
 pub mod server;

@@ -73,6 +73,9 @@ struct ConfigArgs {
     /// Kafka bootstrap servers, host:port[,host:port...].
     #[arg(long, env = "WALY_KAFKA_BROKERS", global = true)]
     kafka_brokers: Option<String>,
+    /// The operations catalog (operations.yaml).
+    #[arg(long, env = "WALY_OPERATIONS", global = true)]
+    operations: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -91,6 +94,7 @@ impl ConfigArgs {
             admin_user: self.admin_user,
             log_backend: self.log_backend,
             kafka_brokers: self.kafka_brokers,
+            operations: self.operations,
         };
         let config = config::load(self.config.as_deref(), &overrides)?;
         waly::telemetry::init(config.log_format);

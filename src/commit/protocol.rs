@@ -4,6 +4,7 @@ use bytes::Bytes;
 
 use super::backend::{Backend, BackendLost, Reply, ServerError};
 use crate::log::{Log, Position};
+use crate::operations::Matcher;
 use crate::record::{
     CAPTURE_COLUMNS, FORMAT_VERSION, Record, SessionInfo, Statement, changes_from_capture_text,
 };
@@ -27,6 +28,9 @@ pub enum Failure {
     },
     /// The log refused, or the outcome is in doubt.
     Waly(PgError),
+    /// The operations catalog refused the transaction: an invalid parameter, or a write strict mode
+    /// forbids. Rolled back; nothing logged.
+    Refused(PgError),
     /// The append's outcome is in doubt, and reading the log will tell after `settles_after`: the
     /// caller hands `gid` to the [`super::Resolver`], which commits or rolls it back then.
     InDoubt {
@@ -50,7 +54,8 @@ static CAPTURE_QUERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
 });
 
 /// Commits the transaction open on `backend` through the log. `statements` are the client's write
-/// statements in this transaction; `boot` is this process's gid token (see [`super::gid`]).
+/// statements in this transaction; `boot` is this process's gid token (see [`super::gid`]); `matcher`
+/// recognises the transaction's domain operations, or refuses it.
 ///
 /// `Err(BackendLost)` means the connection broke; what it leaves prepared is resolved by the caller's
 /// [`super::Resolver`] (the error says how) or by recovery at the next start.
@@ -60,6 +65,7 @@ pub async fn commit(
     session: &SessionInfo,
     statements: Vec<Statement>,
     boot: &str,
+    matcher: &mut Matcher,
 ) -> Result<Outcome, Lost> {
     let reply = backend.query(&CAPTURE_QUERY).await.map_err(Lost::nothing)?;
     if let Some(error) = reply.error {
@@ -92,6 +98,13 @@ pub async fn commit(
             )));
         }
     };
+    let operations = match matcher.recognize(&statements, &changes) {
+        Ok(operations) => operations,
+        Err(error) => {
+            rollback(backend, "ROLLBACK").await?;
+            return Ok(Outcome::Failed(Failure::Refused(error)));
+        }
+    };
     let gid = super::gid(boot, &txid);
     let record = Record {
         format: FORMAT_VERSION,
@@ -100,6 +113,7 @@ pub async fn commit(
         committed_at,
         session: session.clone(),
         statements,
+        operations,
         changes,
     };
     let payload = Bytes::from(record.to_json());
@@ -258,6 +272,7 @@ pub async fn log_committed_leftovers(
     log: &dyn Log,
     session: &SessionInfo,
     statements: Vec<Statement>,
+    matcher: &mut Matcher,
 ) -> Result<Result<Option<Position>, PgError>, Lost> {
     let reply = backend
         .query(&format!(
@@ -303,6 +318,12 @@ pub async fn log_committed_leftovers(
             return Ok(Err(PgError::error(SqlState::INTERNAL_ERROR, e.to_string())));
         }
     };
+    // Already committed by Postgres: the operations are recorded when they are valid, and a refusal
+    // cannot apply any more (the statement ran outside a transaction block).
+    let operations = matcher.recognize(&statements, &changes).unwrap_or_else(|e| {
+        tracing::warn!(error = %e.message, "statement outside a transaction block recorded without its operations");
+        Vec::new()
+    });
     let record = Record {
         format: FORMAT_VERSION,
         txid,
@@ -310,6 +331,7 @@ pub async fn log_committed_leftovers(
         committed_at: at,
         session: session.clone(),
         statements,
+        operations,
         changes,
     };
     match log.append(Bytes::from(record.to_json())).await {

@@ -34,6 +34,9 @@ pub(super) struct RawConfig {
     /// Where records go: the embedded file log (default) or Kafka.
     #[serde(default)]
     pub log: RawLog,
+    /// The operations catalog (`operations.yaml`); absent: every write is recorded as raw SQL.
+    #[serde(default)]
+    pub operations: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,7 +165,16 @@ fn default_shutdown_timeout() -> u64 {
 
 pub(super) fn parse(label: &str, text: &str) -> Result<RawConfig, ConfigError> {
     let source = if text.trim().is_empty() { "{}" } else { text };
-    serde_yaml::from_str(source).map_err(|e| {
+    parse_yaml(label, source)
+}
+
+/// Parses YAML text into `T`; errors carry the file label, line and column. The one place serde_yaml
+/// is called: every YAML file waly reads (this configuration, the operations catalog) goes through it.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(
+    label: &str,
+    text: &str,
+) -> Result<T, ConfigError> {
+    serde_yaml::from_str(text).map_err(|e| {
         let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
         let message = e.to_string();
         // serde_yaml appends " at line L column C"; the location is already in front.
@@ -180,7 +192,7 @@ pub(super) fn parse(label: &str, text: &str) -> Result<RawConfig, ConfigError> {
 }
 
 /// 1-based line and column of the first occurrence of `needle`, for errors found after parsing.
-pub(super) fn position_of(text: &str, needle: &str) -> (usize, usize) {
+pub fn position_of(text: &str, needle: &str) -> (usize, usize) {
     text.lines()
         .enumerate()
         .find_map(|(i, line)| line.find(needle).map(|c| (i + 1, c + 1)))

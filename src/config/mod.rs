@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-pub use file::{AuthMethod, LogFormat};
+pub use file::{AuthMethod, LogFormat, parse_yaml, position_of};
 
 /// The resolved configuration waly runs with.
 #[derive(Debug, Clone)]
@@ -33,6 +33,9 @@ pub struct Config {
     pub admin_user: String,
     /// Where records go.
     pub log: LogBackend,
+    /// The operations catalog file, when there is one: waly loads it at start and reloads it on SIGHUP
+    /// and when it changes. Relative paths are relative to the working directory.
+    pub operations: Option<PathBuf>,
 }
 
 /// The log backend: where each write transaction's record becomes durable.
@@ -126,6 +129,8 @@ pub struct Overrides {
     pub log_backend: Option<String>,
     /// Kafka bootstrap servers (also selects nothing by itself: see `log_backend`).
     pub kafka_brokers: Option<String>,
+    /// The operations catalog file.
+    pub operations: Option<PathBuf>,
 }
 
 #[derive(Debug, Error)]
@@ -282,6 +287,7 @@ fn resolve(
             .filter(|&n| n > 0)
             .unwrap_or_else(default_workers),
         admin_user: o.admin_user.clone().unwrap_or(raw.admin_user),
+        operations: o.operations.clone().or(raw.operations),
     })
 }
 

@@ -34,6 +34,10 @@ pub struct Record {
     pub session: SessionInfo,
     /// The statements the client sent, in order, with their bind parameters.
     pub statements: Vec<Statement>,
+    /// The domain operations the transaction was recognised as (empty when no catalog is loaded or
+    /// nothing matched); the statements and changes no operation explains are the raw part.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operations: Vec<OperationCall>,
     /// Row images and DDL, in the order Postgres executed them.
     pub changes: Vec<Change>,
 }
@@ -56,6 +60,21 @@ pub struct Statement {
     /// Bind parameters in text form (`null` for SQL NULL); binary parameters are base64 with a `b64:` prefix.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub params: Vec<Option<String>>,
+}
+
+/// One domain operation the transaction performed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperationCall {
+    pub name: String,
+    pub version: u32,
+    /// Validated parameters in canonical JSON (numerics as strings, every digit kept).
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Indexes into `statements` of the statements that performed it (template and direct invocation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statements: Vec<usize>,
+    /// Indexes into `changes` of the row changes it was recognised from (table shapes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<usize>,
 }
 
 /// One effect of the transaction. Equality compares images by their JSON text.
@@ -340,6 +359,7 @@ mod tests {
                 sql: "insert into t values ($1)".into(),
                 params: vec![Some("1".into()), None],
             }],
+            operations: Vec::new(),
             changes: vec![
                 Change::Ddl {
                     tag: "CREATE TABLE".into(),

@@ -7,6 +7,7 @@
 
 pub mod cancel;
 mod databases;
+mod reload;
 pub mod tls;
 mod workers;
 
@@ -28,6 +29,7 @@ use crate::config::Config;
 use crate::config::LogBackend;
 use crate::log::kafka::TopicCheckError;
 use crate::log::{FileLog, FileLogConfig, KafkaLogs, LogError, LogRouter, SharedLog};
+use crate::operations::{CatalogErrors, Operations};
 use cancel::CancelRegistry;
 pub use databases::Databases;
 
@@ -50,6 +52,8 @@ pub struct ServerContext {
     pub resolver: Resolver,
     /// Databases whose waly schema this process has checked.
     pub databases: Databases,
+    /// The operations catalog, reloaded on SIGHUP and when its file changes.
+    pub operations: Arc<Operations>,
 }
 
 #[derive(Debug, Error)]
@@ -67,6 +71,8 @@ pub enum ServerError {
     Workers(std::io::Error),
     #[error("cannot open the log: {0}")]
     Log(#[from] LogError),
+    #[error("the operations file is invalid:\n{0}")]
+    Operations(#[from] CatalogErrors),
 }
 
 pub struct Server {
@@ -87,6 +93,17 @@ impl Server {
                     address: config.listen,
                     source,
                 })?;
+        let operations = match &config.operations {
+            Some(path) => Operations::load(path)?,
+            None => Operations::none(),
+        };
+        if let Some(path) = operations.path() {
+            tracing::info!(
+                file = %path.display(),
+                operations = operations.current().operations.len(),
+                "operations catalog loaded"
+            );
+        }
         let logs = open_logs(&config).await?;
         let boot = format!(
             "{:x}",
@@ -112,6 +129,7 @@ impl Server {
             boot,
             resolver,
             databases: Databases::default(),
+            operations,
         });
         Ok(Self {
             ctx,
@@ -133,6 +151,11 @@ impl Server {
         } = self;
         let sessions = TaskTracker::new();
         let ids = AtomicU64::new(1);
+        let stop_watching = CancellationToken::new();
+        tokio::spawn(reload::watch(
+            Arc::clone(&ctx.operations),
+            stop_watching.clone(),
+        ));
         tokio::pin!(stop);
         tracing::info!(
             listen = %ctx.config.listen,
@@ -168,6 +191,7 @@ impl Server {
             }
         }
         drop(listener);
+        stop_watching.cancel();
         sessions.close();
         tracing::info!(
             sessions = sessions.len(),

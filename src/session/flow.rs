@@ -791,8 +791,18 @@ where
         if status == b'I' && !step.saw_error {
             let log = std::sync::Arc::clone(&self.write.log);
             let info = self.write.session.clone();
+            let mut matcher = self.write.matcher.take().expect("the session's matcher");
             let mut own = self.own_queries(b);
-            match commit::log_committed_leftovers(&mut own, log.as_ref(), &info, statements).await {
+            let logged = commit::log_committed_leftovers(
+                &mut own,
+                log.as_ref(),
+                &info,
+                statements,
+                &mut matcher,
+            )
+            .await;
+            self.write.matcher = Some(matcher);
+            match logged {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     // The statement itself succeeded and cannot be undone: warn, do not fail it.
@@ -858,10 +868,20 @@ where
         let log = std::sync::Arc::clone(&self.write.log);
         let info = self.write.session.clone();
         let boot = self.write.boot.clone();
+        let mut matcher = self.write.matcher.take().expect("the session's matcher");
         let outcome = {
             let mut own = self.own_queries(b);
-            commit::commit(&mut own, log.as_ref(), &info, statements, &boot).await
+            commit::commit(
+                &mut own,
+                log.as_ref(),
+                &info,
+                statements,
+                &boot,
+                &mut matcher,
+            )
+            .await
         };
+        self.write.matcher = Some(matcher);
         self.flow.status = b'I';
         match outcome {
             Ok(Outcome::Committed { logged }) => {
@@ -884,6 +904,12 @@ where
                     Failure::Waly(e) => {
                         self.span
                             .in_scope(|| tracing::warn!(error = %e, "transaction not committed"));
+                        e.encode(&mut b.to_client)
+                    }
+                    Failure::Refused(e) => {
+                        self.span.in_scope(|| {
+                            tracing::info!(code = e.code.0, error = %e.message, "transaction refused by the operations catalog")
+                        });
                         e.encode(&mut b.to_client)
                     }
                     Failure::InDoubt {

@@ -80,6 +80,7 @@ pub async fn serve(
         },
         boot: ctx.boot.clone(),
         resolver: ctx.resolver.clone(),
+        matcher: Some(crate::operations::Matcher::new(Arc::clone(&ctx.operations))),
     };
     let tracker = ProtocolTracker::new(StatementCache::new(Arc::clone(&ctx.stats)));
     let (backend_r, backend_w) = backend.into_split();

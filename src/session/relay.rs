@@ -73,6 +73,8 @@ pub struct WriteContext {
     pub session: SessionInfo,
     pub boot: String,
     pub resolver: Resolver,
+    /// Recognises domain operations at commit; `None` only while the commit protocol holds it.
+    pub matcher: Option<crate::operations::Matcher>,
 }
 
 enum Event {

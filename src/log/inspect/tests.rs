@@ -32,6 +32,7 @@ fn record(i: u64) -> Record {
             sql: "insert into orders (customer, total)\nvalues ($1, $2)".into(),
             params: vec![Some("42".into()), None],
         }],
+        operations: Vec::new(),
         changes: vec![
             Change::Insert {
                 schema: "public".into(),

@@ -1,0 +1,1 @@
+//! Reference documentation generated from the catalog: Markdown for people, JSON Schema per operation.
