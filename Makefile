@@ -24,6 +24,7 @@ export WALY_NODE_MODULES := $(CURDIR)/tests/clients/node/node_modules
 run:
 	scripts/deps.sh build
 	scripts/pg.sh start $(PG_DIR) $(PG_PORT)
+	psql -q -h 127.0.0.1 -p $(PG_PORT) -U postgres -d postgres -v ON_ERROR_STOP=1 -f migrations/example/accounts.sql
 	cargo build
 	@echo
 	@echo "waly: connect to postgres://postgres:$(PGPASSWORD)@127.0.0.1:6432/postgres"

@@ -156,6 +156,7 @@ async fn commit_logged(c: &Client, log: &FileLog) -> Option<Position> {
             client_addr: "test".into(),
         },
         statements: Vec::new(),
+        operations: Vec::new(),
         changes,
     };
     c.batch_execute("commit").await.unwrap();

@@ -3,6 +3,7 @@
 
 mod log;
 mod migrate;
+mod ops;
 mod replay;
 mod serve;
 
@@ -29,6 +30,8 @@ enum Command {
     Log(log::LogArgs),
     /// Rebuild a database from the log, exactly (row images), resumable.
     Replay(replay::ReplayArgs),
+    /// Check the operations catalog, list its operations, write its reference documentation.
+    Ops(ops::OpsArgs),
 }
 
 /// The configuration file and the flags that override its keys.
@@ -108,6 +111,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => migrate::run(args),
         Command::Log(args) => log::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Ops(args) => ops::run(args),
     }
 }
 

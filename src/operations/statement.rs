@@ -127,10 +127,7 @@ fn invocation(catalog: &Catalog, call: &pg_query::protobuf::CallStmt) -> Option<
     for arg in &func.args {
         match arg.node.as_ref() {
             Some(NodeEnum::NamedArgExpr(named)) => {
-                let value = named
-                    .arg
-                    .as_deref()
-                    .and_then(|a| template::source_of_node(a));
+                let value = named.arg.as_deref().and_then(template::source_of_node);
                 match value {
                     Some(source) => args.push((named.name.clone(), source)),
                     None => args.push((named.name.clone(), Source::Unsupported)),

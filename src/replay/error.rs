@@ -5,6 +5,7 @@ use thiserror::Error;
 
 use crate::log::{LogError, Position};
 use crate::migrate::PgFailure;
+use crate::operations::upcast::UpcastError;
 use crate::record::RecordError;
 
 #[derive(Debug, Error)]
@@ -52,6 +53,58 @@ pub enum ReplayError {
         failure: Box<PgFailure>,
     },
 
+    /// Operations replay: a record calls an operation the catalog does not declare.
+    #[error(
+        "record {position}, operation {index}: {operation} is not in the catalog {catalog}; \
+         hint: add it, or pass --skip-unknown to skip its calls"
+    )]
+    UnknownOperation {
+        position: Position,
+        index: usize,
+        operation: String,
+        catalog: String,
+    },
+
+    /// Operations replay: the catalog declares the operation without the `sql` that would run it.
+    #[error(
+        "record {position}, operation {index}: {operation} cannot be replayed: it declares no sql; \
+         hint: add `sql:` to {operation} in {catalog}"
+    )]
+    NoSql {
+        position: Position,
+        index: usize,
+        operation: String,
+        catalog: String,
+    },
+
+    /// Operations replay: a logged call cannot be read as the operation's current version.
+    #[error("record {position}, operation {index} ({operation} v{version}): {problem}")]
+    Upcast {
+        position: Position,
+        index: usize,
+        operation: String,
+        /// The version the call was logged with.
+        version: u32,
+        /// Not a `source`: the message already holds it, and `{:#}` would print it twice.
+        problem: Box<UpcastError>,
+    },
+
+    /// Operations replay: the target refused an operation's SQL.
+    #[error(
+        "record {position}, operation {index} ({operation} v{version}{}): the target refused it: {failure}",
+        logged_as(*logged, *version)
+    )]
+    Operation {
+        position: Position,
+        index: usize,
+        operation: String,
+        /// The version the call was logged with.
+        logged: u32,
+        /// The catalog's version, which ran.
+        version: u32,
+        failure: Box<PgFailure>,
+    },
+
     /// Reading the log failed.
     #[error("replay could not read the log: {0}")]
     Log(#[from] LogError),
@@ -79,5 +132,14 @@ impl ReplayError {
             what: what.to_owned(),
             failure: Box::new(e.into()),
         }
+    }
+}
+
+/// ", logged as v1" when a call ran upcast; nothing when it ran as logged.
+fn logged_as(logged: u32, version: u32) -> String {
+    if logged == version {
+        String::new()
+    } else {
+        format!(", logged as v{logged}")
     }
 }

@@ -7,11 +7,13 @@
 //! the target's triggers and foreign-key checks must not fire, since the log already holds their effects.
 //! Replay must never re-execute the application's DML (only images) and never leave a batch half applied.
 //! [`apply`] takes `(Position, Record)`s from anywhere; [`apply_log`] reads them from a [`Log`].
+//! [`ops`] is the other mode: the records' domain operations re-executed through the current catalog.
 
 mod apply;
 mod checkpoint;
 mod error;
 mod keys;
+pub mod ops;
 mod pipeline;
 mod rows;
 mod sequences;
@@ -26,6 +28,7 @@ use crate::record::Record;
 
 pub use checkpoint::load as load_checkpoint;
 pub use error::ReplayError;
+pub use ops::{OpsOptions, OpsStats};
 
 /// How to replay.
 #[derive(Debug, Clone, PartialEq, Eq)]

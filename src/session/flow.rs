@@ -23,9 +23,11 @@ use super::relay::{Buffers, Ending, Relay, forward, write_now};
 use super::tracker::{Seen, inspect_frontend};
 use crate::classify::{Classification, StatementKind};
 use crate::commit::{self, Failure, Outcome};
+use crate::operations::{Matcher, Rewrite};
 use crate::record::Statement;
 use crate::wire::frame::Scan;
 use crate::wire::messages::{self, encode};
+use crate::wire::{PgError, SqlState};
 
 /// The write path's state for one session.
 pub struct Flow {
@@ -203,12 +205,34 @@ fn inspect_client(tag: u8) -> bool {
 /// the right point of the conversation (and aborts the transaction as any failed statement does).
 fn refusal_sql(class: &Classification) -> Option<String> {
     let r = class.refusal?;
-    let quote = |s: &str| s.replace('\'', "''");
-    Some(format!(
-        "DO $waly$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{}', HINT = '{}'; END $waly$",
-        quote(r.message()),
-        quote(r.hint())
+    Some(raise_sql(
+        &PgError::error(SqlState::FEATURE_NOT_SUPPORTED, r.message()).with_hint(r.hint()),
     ))
+}
+
+/// A statement that fails with `error` (SQLSTATE, message, detail, hint) when Postgres runs it.
+fn raise_sql(error: &PgError) -> String {
+    let quote = |s: &str| s.replace('\'', "''");
+    let mut using = format!(
+        "ERRCODE = '{}', MESSAGE = '{}'",
+        error.code.0,
+        quote(&error.message)
+    );
+    if let Some(detail) = &error.detail {
+        using.push_str(&format!(", DETAIL = '{}'", quote(detail)));
+    }
+    if let Some(hint) = &error.hint {
+        using.push_str(&format!(", HINT = '{}'", quote(hint)));
+    }
+    format!("DO $waly$ BEGIN RAISE EXCEPTION USING {using}; END $waly$")
+}
+
+/// What Postgres runs in place of `sql` when it is a direct invocation of an operation.
+fn invocation_sql(matcher: Option<&mut Matcher>, sql: &str) -> Option<String> {
+    match matcher?.rewrite(sql)? {
+        Rewrite::Sql(sql) => Some(sql),
+        Rewrite::Fail(error) => Some(raise_sql(&error)),
+    }
 }
 
 impl<CR, CW> Relay<CR, CW>
@@ -424,6 +448,15 @@ where
                 .run_piece(request(bytes, Effects::default(), true, Vec::new()), b)
                 .await;
         }
+        let mut message = message;
+        if class.statements.len() == 1
+            && let Some(sql) = messages::query_text(&message[5..])
+            && let Some(rewritten) = invocation_sql(self.write.matcher.as_mut(), sql)
+        {
+            let mut bytes = BytesMut::new();
+            encode::query(&mut bytes, &rewritten);
+            message = bytes;
+        }
         if class.statements.len() > 1
             && (class.commits() || class.statements.contains(&StatementKind::Ddl))
         {
@@ -513,6 +546,14 @@ where
         {
             let mut rewritten = BytesMut::new();
             if encode::parse_replacing_sql(&mut rewritten, &message[5..], &refused).is_some() {
+                message = rewritten;
+            }
+        } else if tag == b'P'
+            && let Some((_, sql)) = messages::parse_message(&message[5..])
+            && let Some(invoked) = invocation_sql(self.write.matcher.as_mut(), sql)
+        {
+            let mut rewritten = BytesMut::new();
+            if encode::parse_replacing_sql(&mut rewritten, &message[5..], &invoked).is_some() {
                 message = rewritten;
             }
         }
@@ -713,7 +754,8 @@ where
                     } else {
                         None
                     };
-                    if tag == b'E' && !self.flow.steps.front().is_some_and(|s| s.own) {
+                    if matches!(tag, b'E' | b't') && !self.flow.steps.front().is_some_and(|s| s.own)
+                    {
                         self.tracker.on_backend(tag, body);
                     }
                     (tag, len, status)
@@ -995,7 +1037,7 @@ fn request(bytes: BytesMut, effects: Effects, last: bool, statements: Vec<Statem
 
 /// Backend messages the write path must see whole.
 fn inspect_server(tag: u8) -> bool {
-    matches!(tag, b'Z' | b'E' | b'G' | b'W')
+    matches!(tag, b'Z' | b'E' | b'G' | b'W' | b't')
 }
 
 /// Forwards what was scanned before a message to drop, then drops it.

@@ -27,6 +27,9 @@ struct Known {
     class: Arc<Classification>,
     sql: Option<Arc<str>>,
     params: Vec<Option<String>>,
+    /// Parameter type OIDs: declared in Parse, completed by Postgres' ParameterDescription. They let
+    /// binary bind parameters be recorded in text form.
+    types: Arc<[u32]>,
 }
 
 /// What a Query or an Execute runs.
@@ -44,6 +47,13 @@ pub struct ProtocolTracker {
     awaiting_ready: usize,
     /// Extended-protocol messages sent since the last Sync.
     unsynced: bool,
+    /// Statements described (Describe 'S') whose ParameterDescription has not come back, in order, each
+    /// with the number of the request (Query, FunctionCall or Sync) whose ReadyForQuery ends it.
+    describing: std::collections::VecDeque<(u64, String)>,
+    /// Requests sent and answered (ReadyForQuery), counted alike, to drop descriptions that an error
+    /// skipped.
+    requests_sent: u64,
+    requests_answered: u64,
     /// The last `ReadyForQuery` status: `I` idle, `T` in a transaction, `E` in a failed transaction.
     pub tx_status: u8,
     /// Postgres sent a FATAL error: it explained itself before closing.
@@ -61,6 +71,9 @@ impl ProtocolTracker {
             portals: HashMap::new(),
             awaiting_ready: 0,
             unsynced: false,
+            describing: std::collections::VecDeque::new(),
+            requests_sent: 0,
+            requests_answered: 0,
             tx_status: b'I',
             backend_fatal: false,
             writes: 0,
@@ -103,6 +116,7 @@ impl ProtocolTracker {
         match tag {
             b'Q' => {
                 self.awaiting_ready += 1;
+                self.requests_sent += 1;
                 if let Some(sql) = messages::query_text(body) {
                     let class = self.cache.classify(sql);
                     self.executed(&class);
@@ -113,9 +127,13 @@ impl ProtocolTracker {
                     return Some(Seen { class, statement });
                 }
             }
-            b'F' => self.awaiting_ready += 1,
+            b'F' => {
+                self.awaiting_ready += 1;
+                self.requests_sent += 1;
+            }
             b'S' => {
                 self.awaiting_ready += 1;
+                self.requests_sent += 1;
                 self.unsynced = false;
             }
             b'P' => {
@@ -123,12 +141,18 @@ impl ProtocolTracker {
                 if let Some((name, sql)) = messages::parse_message(body) {
                     let class = self.cache.classify(sql);
                     let sql = class.may_write().then(|| Arc::from(sql));
+                    let types = if sql.is_some() {
+                        messages::parse_param_types(body).into()
+                    } else {
+                        Arc::from([])
+                    };
                     self.prepared.insert(
                         name.to_owned(),
                         Known {
                             class,
                             sql,
                             params: Vec::new(),
+                            types,
                         },
                     );
                 }
@@ -140,7 +164,8 @@ impl ProtocolTracker {
                         Some(known) => {
                             let mut known = known.clone();
                             if known.sql.is_some() {
-                                known.params = messages::bind_params(body).unwrap_or_default();
+                                known.params =
+                                    messages::bind_params(body, &known.types).unwrap_or_default();
                             }
                             self.portals.insert(portal.to_owned(), known);
                         }
@@ -176,7 +201,14 @@ impl ProtocolTracker {
                     };
                 }
             }
-            b'D' | b'H' => self.unsynced = true,
+            b'D' => {
+                self.unsynced = true;
+                if let Some((b'S', name)) = messages::describe_message(body) {
+                    self.describing
+                        .push_back((self.requests_sent, name.to_owned()));
+                }
+            }
+            b'H' => self.unsynced = true,
             _ => {}
         }
         None
@@ -184,7 +216,25 @@ impl ProtocolTracker {
 
     pub fn on_backend(&mut self, tag: u8, body: &[u8]) {
         match tag {
+            b't' => {
+                if let Some((_, name)) = self.describing.pop_front()
+                    && let Some(known) = self.prepared.get_mut(&name)
+                    && known.sql.is_some()
+                {
+                    let described = messages::parameter_description(body);
+                    let mut types = described;
+                    for (t, declared) in types.iter_mut().zip(known.types.iter()) {
+                        if *declared != 0 {
+                            *t = *declared;
+                        }
+                    }
+                    known.types = types.into();
+                }
+            }
             b'Z' => {
+                self.requests_answered += 1;
+                let answered = self.requests_answered;
+                self.describing.retain(|(request, _)| *request >= answered);
                 self.awaiting_ready = self.awaiting_ready.saturating_sub(1);
                 if let Some(status) = messages::ready_status(body) {
                     self.tx_status = status;

@@ -24,6 +24,36 @@ pub fn parse_message(body: &[u8]) -> Option<(&str, &str)> {
     Some((name, sql))
 }
 
+/// `Parse`: the parameter type OIDs the client declared (0: let Postgres infer).
+pub fn parse_param_types(body: &[u8]) -> Vec<u32> {
+    let mut pos = 0;
+    if cstr(body, &mut pos).is_none() || cstr(body, &mut pos).is_none() {
+        return Vec::new();
+    }
+    let Some(n) = i16_at(body, &mut pos) else {
+        return Vec::new();
+    };
+    (0..n.max(0))
+        .map_while(|_| i32_at(body, &mut pos).map(|t| t as u32))
+        .collect()
+}
+
+/// `Describe`: `b'S'` or `b'P'`, and the name.
+pub fn describe_message(body: &[u8]) -> Option<(u8, &str)> {
+    close_message(body)
+}
+
+/// `ParameterDescription`: the type OID of each parameter.
+pub fn parameter_description(body: &[u8]) -> Vec<u32> {
+    let mut pos = 0;
+    let Some(n) = i16_at(body, &mut pos) else {
+        return Vec::new();
+    };
+    (0..n.max(0))
+        .map_while(|_| i32_at(body, &mut pos).map(|t| t as u32))
+        .collect()
+}
+
 /// `Bind`: portal name and statement name.
 pub fn bind_message(body: &[u8]) -> Option<(&str, &str)> {
     let mut pos = 0;
@@ -65,8 +95,9 @@ pub fn error_field(body: &[u8], field: u8) -> Option<&str> {
 }
 
 /// `Bind`: the parameter values in text form: `None` for NULL, text-format values as sent, binary-format
-/// values as `b64:` and their base64.
-pub fn bind_params(body: &[u8]) -> Option<Vec<Option<String>>> {
+/// values in their text form when `types` (by parameter) names a type waly decodes ([`super::binary`]),
+/// otherwise as `b64:` and their base64.
+pub fn bind_params(body: &[u8], types: &[u32]) -> Option<Vec<Option<String>>> {
     let mut pos = 0;
     cstr(body, &mut pos)?;
     cstr(body, &mut pos)?;
@@ -90,7 +121,12 @@ pub fn bind_params(body: &[u8]) -> Option<Vec<Option<String>>> {
             1 => formats[0] == 1,
             _ => formats.get(i).copied()? == 1,
         };
+        let decoded = match types.get(i) {
+            Some(&oid) if binary && oid != 0 => super::binary::to_text(oid, value),
+            _ => None,
+        };
         params.push(Some(match (binary, std::str::from_utf8(value)) {
+            _ if decoded.is_some() => decoded.expect("checked"),
             (false, Ok(text)) => text.to_owned(),
             _ => {
                 use base64::Engine;
@@ -203,7 +239,7 @@ mod tests {
         assert_eq!(query_text(b"select 1"), None);
         // Bind "" to "s1": one text format code, two parameters ('42' and NULL), no result formats.
         let bind = b"\0s1\0\0\x01\0\0\0\x02\0\0\0\x0242\xff\xff\xff\xff\0\0";
-        assert_eq!(bind_params(bind), Some(vec![Some("42".into()), None]));
+        assert_eq!(bind_params(bind, &[]), Some(vec![Some("42".into()), None]));
         let row = b"\0\x02\0\0\0\x01x\xff\xff\xff\xff";
         assert_eq!(data_row(row), Some(vec![Some("x".into()), None]));
         let mut out = bytes::BytesMut::new();

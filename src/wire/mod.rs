@@ -5,6 +5,7 @@
 //! itself raises. It must never perform I/O policy (what to forward, when to close): that belongs to
 //! `session`.
 
+pub mod binary;
 pub mod error;
 pub mod frame;
 pub mod messages;
