@@ -712,16 +712,16 @@ async fn a_reload_under_load_loses_no_write_and_a_broken_file_keeps_the_old_cata
     }
     // Valid edits, an invalid one, and a SIGHUP, while the deposits run.
     for round in 0..3 {
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        tokio::time::sleep(Duration::from_millis(2000)).await;
         let edited = example.replace(
             "Credits money to an open account.",
             &format!("Credits money (edit {round})."),
         );
         std::fs::write(&file, edited).unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     std::fs::write(&file, example.replace("type: numeric", "type: money")).unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     let pid = d.waly.child.id().to_string();
     run_ok(Command::new("kill").args(["-HUP", &pid]), "kill -HUP");
     tokio::time::sleep(Duration::from_millis(800)).await;

@@ -137,8 +137,14 @@ impl Catalog {
     }
 
     pub fn parse(label: &str, text: &str) -> Result<Catalog, CatalogErrors> {
-        let source = if text.trim().is_empty() { "{}" } else { text };
-        let spec: FileSpec = parse_yaml(label, source).map_err(|e| match e {
+        if text.trim().is_empty() {
+            // Most likely a file caught while it was being written; an intentionally empty catalog is
+            // `operations: []`.
+            return Err(CatalogErrors(vec![format!(
+                "{label}:1: the operations file is empty (write `operations: []` for a catalog without operations)"
+            )]));
+        }
+        let spec: FileSpec = parse_yaml(label, text).map_err(|e| match e {
             ConfigError::Invalid {
                 path,
                 line,

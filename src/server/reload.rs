@@ -12,6 +12,9 @@ use crate::operations::Operations;
 
 /// How often the file is looked at.
 const POLL: Duration = Duration::from_secs(1);
+/// A changed file is read only once it has stayed the same this long: an editor or `>` may be halfway
+/// through writing it.
+const SETTLE: Duration = Duration::from_millis(300);
 
 /// What identifies one version of the file.
 #[derive(PartialEq, Eq, Clone, Copy)]
@@ -29,6 +32,12 @@ fn stamp(path: &std::path::Path) -> Option<Stamp> {
         len: meta.len(),
         crc: crc32c::crc32c(&bytes),
     })
+}
+
+/// True when the file still has `seen` after [`SETTLE`].
+async fn settled(path: &std::path::Path, seen: Option<Stamp>) -> bool {
+    tokio::time::sleep(SETTLE).await;
+    stamp(path) == seen
 }
 
 /// Watches until `stop` is cancelled.
@@ -58,7 +67,7 @@ pub async fn watch(operations: Arc<Operations>, stop: CancellationToken) {
             _ = hangup => "SIGHUP",
             _ = tick.tick() => {
                 let now = stamp(&path);
-                if now == last || now.is_none() {
+                if now == last || now.is_none() || !settled(&path, now).await {
                     continue;
                 }
                 "file changed"

@@ -57,6 +57,19 @@ pub fn render_human(entry: &Entry, out: &mut impl Write) -> io::Result<()> {
         write!(out, "  application {}", clean(app, VALUE_WIDTH))?;
     }
     writeln!(out, "  client {}", clean(&s.client_addr, VALUE_WIDTH))?;
+    if !record.operations.is_empty() {
+        writeln!(out, "  operations ({}):", record.operations.len())?;
+        for call in &record.operations {
+            let params = serde_json::Value::Object(call.params.clone()).to_string();
+            writeln!(
+                out,
+                "    {} v{} {}",
+                clean(&call.name, VALUE_WIDTH),
+                call.version,
+                clean(&params, DDL_WIDTH)
+            )?;
+        }
+    }
     writeln!(out, "  statements ({}):", record.statements.len())?;
     for (i, statement) in record.statements.iter().enumerate() {
         write_statement(out, i + 1, statement)?;

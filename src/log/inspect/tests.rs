@@ -418,3 +418,24 @@ async fn log_inspect_show_prints_one_entry_or_says_where_the_log_ends() {
         .unwrap_err();
     assert_eq!(err.to_string(), "no record at position 1: the log is empty");
 }
+
+#[test]
+fn operations_are_shown_before_the_statements() {
+    let mut r = record(1);
+    let mut params = serde_json::Map::new();
+    params.insert("customer".into(), json!(42));
+    params.insert("total".into(), json!("19.90"));
+    r.operations = vec![crate::record::OperationCall {
+        name: "PLACE_ORDER".into(),
+        version: 2,
+        params,
+        statements: vec![0],
+        changes: Vec::new(),
+    }];
+    let text = human(&entry(1, &r.to_json()));
+    let ops =
+        text.find("  operations (1):\n    PLACE_ORDER v2 {\"customer\":42,\"total\":\"19.90\"}\n");
+    let statements = text.find("  statements (1):");
+    assert!(ops.is_some() && ops < statements, "{text}");
+    assert!(!human(&entry(1, &record(1).to_json())).contains("operations"));
+}
