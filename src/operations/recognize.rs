@@ -198,20 +198,39 @@ pub fn recognize(
             && !covered.contains(&table)
             && !shaped.contains(&index)
         {
-            let what = match change {
-                Change::Insert { .. } => "an insert",
-                Change::Update { .. } => "an update",
-                Change::Delete { .. } => "a delete",
-                _ => "a truncate",
-            };
-            return Err(strict(
-                catalog,
-                &table,
-                format!("{what} made by this transaction"),
-            ));
+            return Err(strict(catalog, &table, describe_change(change)));
         }
     }
     Ok(calls)
+}
+
+/// A row change as a strict-mode error names it: its kind, its key, and for an update the columns it
+/// changed.
+fn describe_change(change: &Change) -> String {
+    let key = |pk: &Option<crate::record::Json>| {
+        pk.as_ref()
+            .map_or_else(String::new, |k| format!(" with key {}", k.get()))
+    };
+    match change {
+        Change::Insert { pk, .. } => format!("the insert of a row{}", key(pk)),
+        Change::Delete { pk, .. } => format!("the delete of the row{}", key(pk)),
+        Change::Update { pk, old, new, .. } => {
+            let (Some(o), Some(n)) = (image(old), image(new)) else {
+                return format!("the update of the row{}", key(pk));
+            };
+            let changed: Vec<&str> = n
+                .iter()
+                .filter(|(c, v)| o.get(*c).map(|ov| ov.get()) != Some(v.get()))
+                .map(|(c, _)| *c)
+                .collect();
+            format!(
+                "the update of the row{} changing {}",
+                key(pk),
+                changed.join(", ")
+            )
+        }
+        _ => "a truncate".into(),
+    }
 }
 
 fn has_table_shape(catalog: &Catalog, table: &TableName, verb: &str) -> bool {
