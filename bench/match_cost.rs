@@ -14,13 +14,17 @@
 //!   (table shape), 1 insert + 1 sequence position.
 //! - raw: an INSERT into a table no operation and no policy names (recorded as raw SQL).
 //! - the same TRANSFER_FUNDS transaction with no catalog (`Operations::none()`), the fast path.
+//! - TRANSFER_FUNDS as the simple protocol sends it (pgbench -M simple): values as literals in the text,
+//!   so each transaction's texts are new and the cache never hits (MATCH_LITERAL_TX distinct transactions,
+//!   one Matcher, as one session would see them).
 //!
 //! Method: one Matcher per case, warmed by one `recognize`; then ROUNDS rounds of ITERS calls, timed with
 //! `Instant`; the figure is the median round's ns per call. Cold figures: a fresh Matcher per trial, one
 //! `Matcher::analysis` (cache miss) of the text, median of COLD_TRIALS trials.
 //!
 //! Run: `cargo run --release --example match_cost [-- path/to/operations.yaml]`
-//! Knobs (environment): MATCH_ITERS (default 200000), MATCH_ROUNDS (default 5), MATCH_COLD_TRIALS (2000).
+//! Knobs (environment): MATCH_ITERS (default 200000), MATCH_ROUNDS (default 5), MATCH_COLD_TRIALS (2000),
+//! MATCH_LITERAL_TX (10000).
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -171,6 +175,58 @@ fn steady(ops: &Arc<Operations>, case: &Case, iters: usize, rounds: usize) -> f6
     median(per_round)
 }
 
+/// TRANSFER_FUNDS as the simple protocol sends it: values as literals in the text, so every transaction's
+/// three texts are new (distinct accounts and amounts). The row changes are those of `template`.
+fn literal_transfers(template: &Case, count: usize) -> Vec<Vec<Statement>> {
+    (0..count)
+        .map(|i| {
+            let (from, to) = (i + 1, i + 2);
+            let amount = format!("{}.{:02}", i % 7, 1 + i % 99);
+            vec![
+                statement(
+                    &format!(
+                        "UPDATE accounts SET balance = balance - {amount} WHERE id = {from}"
+                    ),
+                    &[],
+                ),
+                statement(
+                    &format!("UPDATE accounts SET balance = balance + {amount} WHERE id = {to}"),
+                    &[],
+                ),
+                statement(
+                    &format!(
+                        "INSERT INTO transfers (from_account, to_account, amount, memo) VALUES ({from}, {to}, {amount}, 'pgbench')"
+                    ),
+                    &[],
+                ),
+            ]
+        })
+        .inspect(|t| assert_eq!(t.len(), template.statements.len()))
+        .collect()
+}
+
+/// ns per `recognize` of a session that sees a new text for every statement (its cache never hits):
+/// median of `rounds` rounds over `transactions`, one Matcher throughout as in a session.
+fn uncached(
+    ops: &Arc<Operations>,
+    transactions: &[Vec<Statement>],
+    changes: &[Change],
+    rounds: usize,
+) -> f64 {
+    let mut matcher = Matcher::new(Arc::clone(ops));
+    let per_round: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let start = Instant::now();
+            for statements in transactions {
+                let calls = matcher.recognize(black_box(statements), black_box(changes));
+                black_box(calls.ok());
+            }
+            start.elapsed().as_nanos() as f64 / transactions.len() as f64
+        })
+        .collect();
+    median(per_round)
+}
+
 /// ns of the first sight of `sql` (a fresh Matcher, a cache miss): median over `trials`.
 fn cold_text(ops: &Arc<Operations>, sql: &str, trials: usize) -> f64 {
     let samples: Vec<f64> = (0..trials)
@@ -294,6 +350,21 @@ fn main() {
         ns,
         ns / transfer.statements.len() as f64,
         us(cold)
+    );
+    let literal = literal_transfers(transfer, knob("MATCH_LITERAL_TX", 10_000));
+    let names: Vec<String> = Matcher::new(Arc::clone(&ops))
+        .recognize(&literal[0], &transfer.changes)
+        .expect("the literal transfer is recognised")
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["TRANSFER_FUNDS"], "literal transfer");
+    let ns = uncached(&ops, &literal, &transfer.changes, rounds);
+    println!(
+        "| TRANSFER_FUNDS, simple protocol: values as literals, every text new ({} distinct transactions, one Matcher) | 3 | 3 | TRANSFER_FUNDS | {ns:.0} (never cached) | {:.0} (never cached) | {} |",
+        literal.len(),
+        ns / 3.0,
+        us(ns)
     );
 
     println!();

@@ -532,7 +532,8 @@ REPORT="$TMP/report.md"
     echo
     for proto in "${PROTOS[@]}"; do
         if ok_tps "$proto/waly" && ok_tps "$proto/waly-ops" && [ -n "${CPU[$proto/waly]:-}" ] && [ -n "${CPU[$proto/waly-ops]:-}" ]; then
-            echo "- $proto: the catalog changes waly's CPU by $(delta "${CPU[$proto/waly-ops]}" "${CPU[$proto/waly]}") µs/tx (waly-ops minus waly, medians; the tick-based CPU figures have a resolution of $(awk -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", 1e6 / hz }') µs over the whole run) and TPS by $(ratio "${TPS[$proto/waly-ops]}" "${TPS[$proto/waly]}")"
+            n_min=$(for ((round = 1; round <= RUNS; round++)); do echo "${R_NTX[$proto/waly#$round]:-}"; echo "${R_NTX[$proto/waly-ops#$round]:-}"; done | awk 'NF && ($1 < m || m == "") { m = $1 } END { print m + 0 }')
+            echo "- $proto: the catalog changes waly's CPU by $(delta "${CPU[$proto/waly-ops]}" "${CPU[$proto/waly]}") µs/tx (waly-ops minus waly, medians; CPU is read in ticks of $(awk -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", 1e3 / hz }') ms, $(awk -v hz="$CLK_TCK" -v n="$n_min" 'BEGIN { if (n > 0) printf "%.1f", 1e6 / hz / n; else print "?" }') µs/tx or less at these transaction counts; the run-to-run spread in the raw figures is larger) and TPS by $(ratio "${TPS[$proto/waly-ops]}" "${TPS[$proto/waly]}")"
         fi
     done
     echo
@@ -586,7 +587,7 @@ REPORT="$TMP/report.md"
         echo
         echo "The write benchmark without a catalog (pgbench's tpcb-like script, 5 statements per transaction, another workload), copied from that file for comparison:"
         echo
-        grep -E '^- (date|waly git rev|pgbench|other load):' "$PREV" | sed 's/^/    /' | sed 's/^    -/-/'
+        grep -E '^- (date:|waly git rev:|pgbench |repetitions:|other load )' "$PREV" || true
         echo
         awk '/^\| protocol \| target \|/ { on = 1 } on && /^$/ { exit } on { print }' "$PREV"
     fi

@@ -568,3 +568,135 @@ impl<'a> Generated<'a> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::operations::statement::analyse;
+
+    fn catalog() -> Catalog {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/operations.yaml");
+        Catalog::load(std::path::Path::new(path)).unwrap()
+    }
+
+    fn statement(sql: &str, params: &[&str]) -> Statement {
+        Statement {
+            sql: sql.into(),
+            params: params.iter().map(|p| Some((*p).to_owned())).collect(),
+        }
+    }
+
+    fn changes(json: &str) -> Vec<Change> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn run(
+        c: &Catalog,
+        statements: &[Statement],
+        changes: &[Change],
+    ) -> Result<Vec<OperationCall>, PgError> {
+        let analyses: Vec<Arc<Analysis>> = statements
+            .iter()
+            .map(|s| Arc::new(analyse(c, &s.sql)))
+            .collect();
+        recognize(c, statements, &analyses, changes)
+    }
+
+    const TRANSFER_CHANGES: &str = r#"[
+        {"kind":"update","schema":"public","table":"accounts","pk":{"id":1},"old":{"id":1,"balance":10.00},"new":{"id":1,"balance":7.50}},
+        {"kind":"update","schema":"public","table":"accounts","pk":{"id":2},"old":{"id":2,"balance":0.00},"new":{"id":2,"balance":2.50}},
+        {"kind":"insert","schema":"public","table":"transfers","pk":{"id":9},"new":{"id":9,"from_account":1,"to_account":2,"amount":2.50,"memo":null}}
+    ]"#;
+
+    #[test]
+    fn three_statements_with_a_read_between_are_one_transfer() {
+        let c = catalog();
+        let statements = [
+            statement(
+                "UPDATE accounts SET balance = balance - $1 WHERE id = $2",
+                &["2.50", "1"],
+            ),
+            statement("SELECT balance FROM accounts WHERE id = 1", &[]),
+            statement(
+                "update accounts set balance = balance + 2.50 where id = 2",
+                &[],
+            ),
+            statement(
+                "INSERT INTO transfers (from_account, to_account, amount, memo) VALUES ($1, $2, $3, NULL)",
+                &["1", "2", "2.50"],
+            ),
+        ];
+        let calls = run(&c, &statements, &changes(TRANSFER_CHANGES)).unwrap();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(calls[0].name, "TRANSFER_FUNDS");
+        assert_eq!(calls[0].statements, [0, 2, 3]);
+        assert_eq!(
+            serde_json::Value::Object(calls[0].params.clone()),
+            serde_json::json!({"from_account": 1, "to_account": 2, "amount": "2.50", "memo": null, "transfer_id": 9})
+        );
+    }
+
+    #[test]
+    fn different_amounts_in_the_steps_are_not_a_transfer() {
+        let c = catalog();
+        let statements = [
+            statement(
+                "UPDATE accounts SET balance = balance - 2.50 WHERE id = 1",
+                &[],
+            ),
+            statement(
+                "UPDATE accounts SET balance = balance + 3 WHERE id = 2",
+                &[],
+            ),
+            statement(
+                "INSERT INTO transfers (from_account, to_account, amount, memo) VALUES (1, 2, 2.50, NULL)",
+                &[],
+            ),
+        ];
+        let e = run(&c, &statements, &changes(TRANSFER_CHANGES)).unwrap_err();
+        assert_eq!(e.code.0, "42501", "{e:?}");
+    }
+
+    #[test]
+    fn a_table_shape_update_must_change_only_mapped_columns() {
+        let c = catalog();
+        let close = changes(
+            r#"[{"kind":"update","schema":"public","table":"accounts","pk":{"id":3},
+                 "old":{"id":3,"balance":0.00,"closed_at":null},"new":{"id":3,"balance":0.00,"closed_at":"2026-11-23T10:00:00+00:00"}}]"#,
+        );
+        let sql = [statement(
+            "UPDATE accounts SET closed_at = now() WHERE id = 3",
+            &[],
+        )];
+        let calls = run(&c, &sql, &close).unwrap();
+        assert_eq!(calls[0].name, "CLOSE_ACCOUNT");
+        assert_eq!(calls[0].changes, [0]);
+        let both = changes(
+            r#"[{"kind":"update","schema":"public","table":"accounts","pk":{"id":3},
+                 "old":{"id":3,"balance":5.00,"closed_at":null},"new":{"id":3,"balance":0.00,"closed_at":"2026-11-23T10:00:00+00:00"}}]"#,
+        );
+        let e = run(&c, &sql, &both).unwrap_err();
+        assert!(
+            e.message.contains("changing balance, closed_at"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn unmatched_writes_to_tables_without_a_policy_are_raw() {
+        let c = catalog();
+        let notes = changes(
+            r#"[{"kind":"insert","schema":"public","table":"notes","pk":null,"new":{"body":"x"}}]"#,
+        );
+        let calls = run(
+            &c,
+            &[statement("INSERT INTO notes VALUES ('x')", &[])],
+            &notes,
+        )
+        .unwrap();
+        assert!(calls.is_empty());
+    }
+}
