@@ -11,6 +11,7 @@ mod normalize;
 mod stats;
 
 pub use cache::StatementCache;
+pub use normalize::{Constant, ConstantKind, constants};
 pub use stats::{ClassStats, ClassStatsSnapshot};
 
 use pg_query::NodeEnum;

@@ -6,51 +6,66 @@
 //! whole text is the key) on anything it does not fully understand: backslashes (escape strings or
 //! `standard_conforming_strings = off`) and dollar quoting.
 
+/// A numeric or string constant in a statement's text: its byte range (quotes included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Constant {
+    pub start: usize,
+    pub end: usize,
+    pub kind: ConstantKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConstantKind {
+    Number,
+    String,
+}
+
 /// The normalized key of `sql`, or `None` when the text must be used as it is.
 pub fn cache_key(sql: &str) -> Option<String> {
+    let constants = constants(sql)?;
+    if constants.is_empty() {
+        return None;
+    }
+    let mut key = String::with_capacity(sql.len());
+    let mut at = 0;
+    for c in constants {
+        key.push_str(&sql[at..c.start]);
+        key.push('?');
+        at = c.end;
+    }
+    key.push_str(&sql[at..]);
+    Some(key)
+}
+
+/// Every numeric and string constant of `sql`, in order; `None` when the scanner cannot be sure of the
+/// text's tokens (see the module header).
+pub fn constants(sql: &str) -> Option<Vec<Constant>> {
     let bytes = sql.as_bytes();
     if bytes.contains(&b'\\') {
         return None;
     }
-    let mut key = String::with_capacity(sql.len());
+    let mut found = Vec::new();
     let mut i = 0;
-    let mut replaced = false;
     while i < bytes.len() {
         let c = bytes[i];
         match c {
             b'\'' => {
-                // A string constant: '' inside is an escaped quote.
-                i += 1;
-                loop {
-                    match bytes.get(i) {
-                        None => return None,
-                        Some(b'\'') if bytes.get(i + 1) == Some(&b'\'') => i += 2,
-                        Some(b'\'') => break,
-                        Some(_) => i += 1,
-                    }
-                }
-                i += 1;
-                key.push('?');
-                replaced = true;
-            }
-            b'"' => {
-                let end = find_closing(bytes, i + 1, b'"')?;
-                key.push_str(&sql[i..=end]);
+                let end = find_closing(bytes, i + 1, b'\'')?;
+                found.push(Constant {
+                    start: i,
+                    end: end + 1,
+                    kind: ConstantKind::String,
+                });
                 i = end + 1;
             }
+            b'"' => i = find_closing(bytes, i + 1, b'"')? + 1,
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                let end = bytes[i..]
+                i = bytes[i..]
                     .iter()
                     .position(|&b| b == b'\n')
                     .map_or(bytes.len(), |p| i + p);
-                key.push_str(&sql[i..end]);
-                i = end;
             }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                let end = block_comment_end(bytes, i)?;
-                key.push_str(&sql[i..end]);
-                i = end;
-            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => i = block_comment_end(bytes, i)?,
             b'$' => {
                 // $1 parameters are kept; $tag$ quoting is not handled.
                 let digits = bytes[i + 1..]
@@ -60,7 +75,6 @@ pub fn cache_key(sql: &str) -> Option<String> {
                 if digits == 0 {
                     return None;
                 }
-                key.push_str(&sql[i..i + 1 + digits]);
                 i += 1 + digits;
             }
             b'0'..=b'9' | b'.' if c != b'.' || bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => {
@@ -75,26 +89,23 @@ pub fn cache_key(sql: &str) -> Option<String> {
                         break;
                     }
                 }
-                key.push('?');
-                replaced = true;
+                found.push(Constant {
+                    start: i,
+                    end: j,
+                    kind: ConstantKind::Number,
+                });
                 i = j;
             }
             c if is_ident_start(c) => {
-                let mut j = i + 1;
-                while j < bytes.len() && is_ident_char(bytes[j]) {
-                    j += 1;
+                i += 1;
+                while i < bytes.len() && is_ident_char(bytes[i]) {
+                    i += 1;
                 }
-                key.push_str(&sql[i..j]);
-                i = j;
             }
-            _ => {
-                let len = utf8_len(c);
-                key.push_str(&sql[i..i + len]);
-                i += len;
-            }
+            _ => i += utf8_len(c),
         }
     }
-    replaced.then_some(key)
+    Some(found)
 }
 
 fn is_ident_start(c: u8) -> bool {

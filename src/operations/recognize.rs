@@ -11,8 +11,9 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::catalog::{Catalog, Operation, Policy, RowKind, Shape, TableName};
+use super::literals::LITERAL_BASE;
 use super::params::{Param, Problem, SqlValue};
-use super::statement::{Analysis, Invocation};
+use super::statement::{Bound, Invocation};
 use super::template::Source;
 use crate::record::{Change, OperationCall, Statement};
 use crate::wire::{PgError, SqlState};
@@ -107,6 +108,7 @@ struct Step<'a> {
     statement: usize,
     analysis: &'a super::statement::Part,
     params: &'a [Option<String>],
+    literals: &'a [SqlValue],
     sql: &'a str,
 }
 
@@ -114,7 +116,7 @@ struct Step<'a> {
 pub fn recognize(
     catalog: &Catalog,
     statements: &[Statement],
-    analyses: &[std::sync::Arc<Analysis>],
+    analyses: &[Bound],
     changes: &[Change],
 ) -> Result<Vec<OperationCall>, PgError> {
     let steps: Vec<Step> = statements
@@ -122,10 +124,11 @@ pub fn recognize(
         .zip(analyses)
         .enumerate()
         .flat_map(|(i, (s, a))| {
-            a.parts.iter().map(move |part| Step {
+            a.analysis.parts.iter().map(move |part| Step {
                 statement: i,
                 analysis: part,
                 params: &s.params,
+                literals: &a.literals,
                 sql: &s.sql,
             })
         })
@@ -268,18 +271,19 @@ fn call_of(
     }
 }
 
-/// The value a source holds, given the statement's bind parameters.
-fn resolve(source: &Source, params: &[Option<String>]) -> Option<SqlValue> {
+/// The value a source holds, given the statement's bind parameters and lifted constants.
+fn resolve(source: &Source, step: &Step) -> Option<SqlValue> {
     Some(match source {
         Source::Literal(v) => v.clone(),
-        Source::Bind(n) => match params.get(n - 1)? {
+        Source::Bind(n) if *n >= LITERAL_BASE => step.literals.get(n - LITERAL_BASE)?.clone(),
+        Source::Bind(n) => match step.params.get(n - 1)? {
             Some(text) => SqlValue::Text(text.clone()),
             None => SqlValue::Null,
         },
         Source::Array(items) => SqlValue::Array(
             items
                 .iter()
-                .map(|s| resolve(s, params))
+                .map(|s| resolve(s, step))
                 .collect::<Option<_>>()?,
         ),
         Source::Unsupported => return None,
@@ -314,7 +318,7 @@ fn longest_match<'c>(
                         let mut trial = values.clone();
                         let consistent =
                             t.placeholders.iter().zip(&h.sources).all(|(name, source)| {
-                                let Some(v) = resolve(source, s.params) else {
+                                let Some(v) = resolve(source, s) else {
                                     return false;
                                 };
                                 match trial.get(name) {
@@ -358,7 +362,7 @@ fn invoked<'c>(
                 &Problem::Constraint("is not a parameter of this operation".into()),
             ));
         }
-        let value = resolve(source, step.params).ok_or_else(|| {
+        let value = resolve(source, step).ok_or_else(|| {
             invalid(
                 op,
                 name,
@@ -597,9 +601,12 @@ mod tests {
         statements: &[Statement],
         changes: &[Change],
     ) -> Result<Vec<OperationCall>, PgError> {
-        let analyses: Vec<Arc<Analysis>> = statements
+        let analyses: Vec<Bound> = statements
             .iter()
-            .map(|s| Arc::new(analyse(c, &s.sql)))
+            .map(|s| Bound {
+                analysis: Arc::new(analyse(c, &s.sql)),
+                literals: Vec::new(),
+            })
             .collect();
         recognize(c, statements, &analyses, changes)
     }

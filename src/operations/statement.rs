@@ -14,6 +14,14 @@ pub struct Analysis {
     pub parts: Vec<Part>,
 }
 
+/// An analysis with the values of the constants lifted out of the text it was made for (see
+/// [`super::literals`]); empty when it is the text's own.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub analysis: std::sync::Arc<Analysis>,
+    pub literals: Vec<super::params::SqlValue>,
+}
+
 /// One statement of the text.
 #[derive(Debug, Default)]
 pub struct Part {
@@ -47,14 +55,30 @@ pub struct Invocation {
 /// The schema of the direct-invocation form: `CALL waly.transfer_funds(...)`.
 pub const INVOKE_SCHEMA: &str = "waly";
 
+/// The analysis of `sql` as the client sent it.
 pub fn analyse(catalog: &Catalog, sql: &str) -> Analysis {
+    analyse_text(catalog, sql, false).expect("an exact analysis always exists")
+}
+
+/// The analysis of a text whose constants were lifted into parameters ([`super::literals`]), shared by
+/// every text that differs from it only in those constants; `None` when it would not be the same as
+/// each such text's own analysis (the text does not parse, or a template has a constant where the
+/// text has a lifted one).
+pub fn analyse_lifted(catalog: &Catalog, key: &str) -> Option<Analysis> {
+    analyse_text(catalog, key, true)
+}
+
+fn analyse_text(catalog: &Catalog, sql: &str, lifted: bool) -> Option<Analysis> {
     let Ok(parsed) = pg_query::parse(sql, 0) else {
-        return Analysis {
+        if lifted {
+            return None;
+        }
+        return Some(Analysis {
             parts: vec![Part {
                 opaque: true,
                 ..Part::default()
             }],
-        };
+        });
     };
     let mut parts = Vec::new();
     for raw in &parsed.protobuf.stmts {
@@ -64,6 +88,12 @@ pub fn analyse(catalog: &Catalog, sql: &str) -> Analysis {
         let Some(node) = stmt.node.as_ref() else {
             continue;
         };
+        if lifted
+            && template::statement_tree(Some(stmt))
+                .is_none_or(|tree| super::literals::unary_minus_on_lifted(&tree))
+        {
+            return None;
+        }
         let mut part = Part {
             target: template::write_target(node).map(|(s, t, k)| ((s, t), k)),
             ..Part::default()
@@ -84,7 +114,12 @@ pub fn analyse(catalog: &Catalog, sql: &str) -> Analysis {
                             continue;
                         };
                         for (step, t) in steps.iter().enumerate() {
-                            if let Some(sources) = t.matches(&tree) {
+                            let mut dependent = false;
+                            let hit = t.matches_checking(&tree, &mut dependent);
+                            if dependent && lifted {
+                                return None;
+                            }
+                            if let Some(sources) = hit {
                                 part.hits.push(Hit {
                                     op: op_index,
                                     step,
@@ -98,7 +133,7 @@ pub fn analyse(catalog: &Catalog, sql: &str) -> Analysis {
         }
         parts.push(part);
     }
-    Analysis { parts }
+    Some(Analysis { parts })
 }
 
 fn invocation(catalog: &Catalog, call: &pg_query::protobuf::CallStmt) -> Option<Invocation> {

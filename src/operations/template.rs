@@ -166,8 +166,15 @@ impl Template {
     /// Matches one client statement's tree; on success, the source of each placeholder (by index in
     /// [`Self::placeholders`]).
     pub fn matches(&self, statement: &Value) -> Option<Vec<Source>> {
+        self.matches_checking(statement, &mut false)
+    }
+
+    /// [`Self::matches`] on a tree whose constants were lifted into parameters numbered from
+    /// [`super::literals::LITERAL_BASE`]: sets `dependent` when the outcome depends on a lifted value
+    /// (the template has a constant there), which only the statement's own text can decide.
+    pub fn matches_checking(&self, statement: &Value, dependent: &mut bool) -> Option<Vec<Source>> {
         let mut found: Vec<Option<Source>> = vec![None; self.placeholders.len()];
-        walk(&self.tree, statement, &mut found).then_some(())?;
+        walk(&self.tree, statement, &mut found, dependent).then_some(())?;
         found.into_iter().collect()
     }
 }
@@ -199,7 +206,12 @@ fn node_of(v: &Value) -> Option<(&str, &Value)> {
     inner.iter().next().map(|(k, v)| (k.as_str(), v))
 }
 
-fn walk(template: &Value, client: &Value, found: &mut [Option<Source>]) -> bool {
+fn walk(
+    template: &Value,
+    client: &Value,
+    found: &mut [Option<Source>],
+    dependent: &mut bool,
+) -> bool {
     if let Some(("ParamRef", p)) = node_of(template) {
         let Some(n) = p.get("number").and_then(Value::as_u64) else {
             return false;
@@ -216,14 +228,25 @@ fn walk(template: &Value, client: &Value, found: &mut [Option<Source>]) -> bool 
             }
         };
     }
+    if let Some(("ParamRef", p)) = node_of(client)
+        && p.get("number")
+            .and_then(Value::as_u64)
+            .is_some_and(|n| n as usize >= super::literals::LITERAL_BASE)
+    {
+        *dependent = true;
+        return false;
+    }
     match (template, client) {
         (Value::Object(t), Value::Object(c)) => {
             t.len() == c.len()
                 && t.iter()
-                    .all(|(k, tv)| c.get(k).is_some_and(|cv| walk(tv, cv, found)))
+                    .all(|(k, tv)| c.get(k).is_some_and(|cv| walk(tv, cv, found, dependent)))
         }
         (Value::Array(t), Value::Array(c)) => {
-            t.len() == c.len() && t.iter().zip(c).all(|(tv, cv)| walk(tv, cv, found))
+            t.len() == c.len()
+                && t.iter()
+                    .zip(c)
+                    .all(|(tv, cv)| walk(tv, cv, found, dependent))
         }
         (t, c) => t == c,
     }
