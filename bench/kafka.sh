@@ -104,16 +104,7 @@ bench_cleanup_hook() {
 
 # ---------------------------------------------------------------- 1. Postgres
 bench_start_postgres
-PG_MPT=$(psql_q "$PG_PORT" 'SHOW max_prepared_transactions')
-PG_FSYNC=$(psql_q "$PG_PORT" 'SHOW fsync')
-PG_SYNC=$(psql_q "$PG_PORT" 'SHOW synchronous_commit')
-PG_WSM=$(psql_q "$PG_PORT" 'SHOW wal_sync_method')
-PG_FPW=$(psql_q "$PG_PORT" 'SHOW full_page_writes')
-PG_SB=$(psql_q "$PG_PORT" 'SHOW shared_buffers')
-[ "$PG_MPT" -ge $((2 * CLIENTS)) ] || die "max_prepared_transactions is $PG_MPT; waly needs at least 2 x $CLIENTS clients"
-[ "$PG_FSYNC" = on ] || die "fsync is $PG_FSYNC; this benchmark needs fsync = on"
-[ "$PG_SYNC" = on ] || die "synchronous_commit is $PG_SYNC; this benchmark needs synchronous_commit = on"
-log "Postgres settings: fsync=$PG_FSYNC synchronous_commit=$PG_SYNC wal_sync_method=$PG_WSM max_prepared_transactions=$PG_MPT shared_buffers=$PG_SB"
+bench_check_durable_settings
 
 # ---------------------------------------------------------------- 2. broker
 log "starting tansu on $KAFKA_PORT (durable: sqlite://tansu.db in $KAFKA_DIR)"
@@ -128,12 +119,7 @@ log "$TANSU_VERSION up (pid $KAFKA_PID)"
 # ---------------------------------------------------------------- 3. waly
 bench_find_waly
 [ -n "$WALY_EXE" ] || die "${WALY_NOTE#waly skipped: }"
-WALY_STALE=""
-newest_src=$(find src migrations Cargo.toml Cargo.lock build.rs -type f -newer "$WALY_EXE" 2>/dev/null | head -n 3 | tr "\n" " " | sed "s/ $//" || true)
-if [ -n "$newest_src" ]; then
-    WALY_STALE="the waly binary is older than some sources (e.g. $newest_src); rebuild with 'cargo build --release'"
-    warn "$WALY_STALE"
-fi
+bench_check_waly_fresh
 
 port_of() {
     case "$1" in

@@ -225,6 +225,35 @@ bench_start_postgres() { # sets PG_VERSION
     log "Postgres $PG_VERSION up"
 }
 
+# bench_check_durable_settings: reads the running cluster's durability settings into PG_MPT, PG_FSYNC,
+# PG_SYNC, PG_WSM, PG_FPW, PG_SB and stops unless the write benchmarks' preconditions hold (fsync and
+# synchronous_commit on, max_prepared_transactions of at least 2 x CLIENTS).
+# shellcheck disable=SC2034  # the settings are read by the calling benchmark's report
+bench_check_durable_settings() {
+    PG_MPT=$(psql_q "$PG_PORT" 'SHOW max_prepared_transactions')
+    PG_FSYNC=$(psql_q "$PG_PORT" 'SHOW fsync')
+    PG_SYNC=$(psql_q "$PG_PORT" 'SHOW synchronous_commit')
+    PG_WSM=$(psql_q "$PG_PORT" 'SHOW wal_sync_method')
+    PG_FPW=$(psql_q "$PG_PORT" 'SHOW full_page_writes')
+    PG_SB=$(psql_q "$PG_PORT" 'SHOW shared_buffers')
+    [ "$PG_MPT" -ge $((2 * CLIENTS)) ] || die "max_prepared_transactions is $PG_MPT; waly needs at least 2 x $CLIENTS clients"
+    [ "$PG_FSYNC" = on ] || die "fsync is $PG_FSYNC; this benchmark needs fsync = on"
+    [ "$PG_SYNC" = on ] || die "synchronous_commit is $PG_SYNC; this benchmark needs synchronous_commit = on"
+    log "Postgres settings: fsync=$PG_FSYNC synchronous_commit=$PG_SYNC wal_sync_method=$PG_WSM max_prepared_transactions=$PG_MPT shared_buffers=$PG_SB"
+}
+
+# bench_check_waly_fresh (after bench_find_waly): WALY_STALE says (and a warning shows) when the waly
+# binary is older than the sources it is built from.
+bench_check_waly_fresh() {
+    local newest_src
+    WALY_STALE=""
+    newest_src=$(find src migrations Cargo.toml Cargo.lock build.rs -type f -newer "$WALY_EXE" 2>/dev/null | head -n 3 | tr "\n" " " | sed "s/ $//" || true)
+    if [ -n "$newest_src" ]; then
+        WALY_STALE="the waly binary is older than some sources (e.g. $newest_src); rebuild with 'cargo build --release'"
+        warn "$WALY_STALE"
+    fi
+}
+
 # ---------------------------------------------------------------- 2. PgBouncer
 bench_start_pgbouncer() { # sets PGB_PID, PGB_VERSION
     local scram ok

@@ -370,14 +370,8 @@ fn uuid_text(text: &str) -> Option<String> {
     if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let h = hex.to_ascii_lowercase();
-    Some(format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
+    Some(crate::wire::binary::hyphenated_uuid(
+        &hex.to_ascii_lowercase(),
     ))
 }
 

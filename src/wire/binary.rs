@@ -59,14 +59,19 @@ fn float_text(f: f64) -> String {
 }
 
 fn uuid_text(b: [u8; 16]) -> String {
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    hyphenated_uuid(&hex)
+}
+
+/// A uuid's 32 lowercase hex digits in Postgres' text form, `8-4-4-4-12`.
+pub fn hyphenated_uuid(hex: &str) -> String {
     format!(
         "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
     )
 }
 
