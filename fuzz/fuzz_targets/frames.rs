@@ -27,6 +27,9 @@ mod frame;
 #[allow(dead_code)]
 #[path = "../../src/wire/messages.rs"]
 mod messages;
+
+#[path = "../../src/wire/binary.rs"]
+mod binary;
 #[allow(dead_code)]
 #[path = "../../src/wire/startup.rs"]
 mod startup;
@@ -284,6 +287,15 @@ fn decode_message(body: &[u8], c: u8) {
     if let Some(params) = messages::bind_params(body, &[]) {
         // Every value came from inside the body: never more values than bytes.
         assert!(params.len() <= body.len());
+    }
+    // Binary values read as every type waly decodes: bool, int2/4/8, float4/8, text, jsonb, uuid,
+    // numeric, timestamptz, timestamp, date, and arrays of int4/int8/text/numeric.
+    let types = [16, 21, 23, 20, 700, 701, 25, 3802, 2950, 1700, 1184, 1114, 1082, 1007, 1016, 1009, 1231];
+    if let Some(params) = messages::bind_params(body, &types) {
+        assert!(params.len() <= body.len());
+    }
+    for oid in types {
+        let _ = binary::to_text(oid, body);
     }
     if let Some(columns) = messages::data_row(body) {
         assert!(columns.len() <= body.len());

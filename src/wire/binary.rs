@@ -143,7 +143,9 @@ fn timestamp_text(micros: i64, zoned: bool) -> Option<String> {
         _ => {}
     }
     let t = pg_time(micros)?;
-    (t >= UNIX_EPOCH).then_some(())?;
+    // The formatter covers years 1970 to 9999; other times stay base64.
+    let year_10000 = UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+    (t >= UNIX_EPOCH && t < year_10000).then_some(())?;
     let text = humantime::format_rfc3339_micros(t).to_string();
     Some(if zoned {
         text.replace('Z', "+00:00")
@@ -158,7 +160,7 @@ fn date_text(days: i32) -> Option<String> {
         i32::MIN => return Some("-infinity".into()),
         _ => {}
     }
-    let text = timestamp_text(i64::from(days) * 86_400_000_000, false)?;
+    let text = timestamp_text(i64::from(days).checked_mul(86_400_000_000)?, false)?;
     Some(text[..10].to_owned())
 }
 
@@ -231,6 +233,17 @@ mod tests {
             Some("2000-01-02")
         );
         assert_eq!(to_text(600, &[0; 16]), None);
+    }
+
+    #[test]
+    fn times_out_of_range_stay_undecoded() {
+        assert_eq!(to_text(1082, &(i32::MAX - 1).to_be_bytes()), None);
+        assert_eq!(to_text(1184, &(i64::MAX - 1).to_be_bytes()), None);
+        assert_eq!(to_text(1184, &(-1i64).to_be_bytes()), None, "before 1970");
+        assert_eq!(
+            to_text(1082, &i32::MAX.to_be_bytes()).as_deref(),
+            Some("infinity")
+        );
     }
 
     #[test]
