@@ -424,7 +424,6 @@ async fn strict_mode_refuses_undeclared_writes_and_records_the_rest_as_raw_sql()
     c.batch_execute("INSERT INTO accounts (email, name) VALUES ('ada@example.com', 'Ada'); CREATE TABLE notes (id int PRIMARY KEY, body text)")
         .await
         .unwrap();
-    let end = d.waly.log_end().await;
 
     for sql in [
         "UPDATE accounts SET name = 'Mallory' WHERE id = 1",
@@ -447,6 +446,38 @@ async fn strict_mode_refuses_undeclared_writes_and_records_the_rest_as_raw_sql()
             .to_owned();
         assert!(hint.contains("CALL waly."), "{hint}");
     }
+    // As with Postgres' own commit failures in autocommit, the refused statement completes with the
+    // error only: psql prints no `UPDATE 1` before it.
+    let out = Command::new("psql")
+        .args([
+            d.url().as_str(),
+            "-X",
+            "-c",
+            "UPDATE accounts SET name = 'Mallory' WHERE id = 1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("ERROR:  table public.accounts accepts only declared operations"),
+        "{out:?}"
+    );
+    let out = Command::new("psql")
+        .args([
+            d.url().as_str(),
+            "-X",
+            "-c",
+            "INSERT INTO notes VALUES (0, 'shown')",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "INSERT 0 1\n",
+        "{out:?}"
+    );
+    let end = d.waly.log_end().await;
     // A write hidden in a function is caught by its row change.
     c.batch_execute(
         "CREATE FUNCTION sneak() RETURNS void LANGUAGE sql AS $$ UPDATE accounts SET name = 'x' $$",

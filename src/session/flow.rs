@@ -94,6 +94,13 @@ struct Step {
     /// An intermediate piece of a split request: its ReadyForQuery is dropped unless an error came.
     intermediate: bool,
     saw_error: bool,
+    /// For a request waly commits ([`Then::Commit`]): its last CommandComplete, held back until the
+    /// commit is decided, as Postgres commits an implicit transaction before it completes the last
+    /// statement. Sent when the commit succeeds (or anything else follows it), dropped when it fails.
+    held: Option<BytesMut>,
+    /// Whether to hold it: only when the client has sent the whole request (a streamed batch's client
+    /// may wait for the completion before it sends its Sync).
+    holds: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -693,6 +700,8 @@ where
                         then: Then::Forward,
                         intermediate: true,
                         saw_error: false,
+                        held: None,
+                        holds: false,
                     });
                 }
                 self.flow.statements.extend(piece.statements);
@@ -702,6 +711,8 @@ where
                     then,
                     intermediate: !piece.last,
                     saw_error: false,
+                    held: None,
+                    holds: then == Then::Commit && !piece.streams,
                 });
                 self.flow.streaming = piece.streams;
                 write_now(&mut self.backend_w, &mut b.to_backend)
@@ -710,7 +721,7 @@ where
             }
             PieceKind::Commit { extended } => {
                 if self.flow.status == b'T' {
-                    return self.commit_now(b, true, piece.last).await;
+                    return self.commit_now(b, true, piece.last, None).await;
                 }
                 // No transaction to commit (or a failed one): Postgres answers COMMIT itself.
                 if extended {
@@ -743,6 +754,7 @@ where
                     if self.flow.steps.front().is_some_and(|s| s.own) {
                         drop_bytes(b, &mut consumed, n);
                     } else {
+                        release_held(self.flow.steps.front_mut(), b, &mut consumed);
                         consumed += n;
                     }
                     continue;
@@ -777,6 +789,16 @@ where
                     self.flow.steps.pop_front();
                 }
                 continue;
+            }
+            if step.holds && tag == b'C' {
+                release_held(Some(&mut *step), b, &mut consumed);
+                forward(&mut b.from_backend, consumed, &mut b.to_client);
+                consumed = 0;
+                step.held = Some(b.from_backend.split_to(len));
+                continue;
+            }
+            if status.is_none() {
+                release_held(Some(&mut *step), b, &mut consumed);
             }
             match tag {
                 b'E' => step.saw_error = true,
@@ -872,8 +894,15 @@ where
         step: Step,
     ) -> Result<(), Ending> {
         let last = !step.intermediate;
+        let held = step.held;
+        if status != b'T' || step.saw_error {
+            // Nothing to commit: the held completion stands as Postgres sent it.
+            if let Some(h) = &held {
+                b.to_client.extend_from_slice(h);
+            }
+        }
         match status {
-            b'T' if !step.saw_error => self.commit_now(b, false, last).await,
+            b'T' if !step.saw_error => self.commit_now(b, false, last, held).await,
             b'I' => {
                 self.flow.statements.clear();
                 if last || step.saw_error {
@@ -899,12 +928,14 @@ where
     }
 
     /// Runs the commit protocol for the open transaction and answers the client: `explicit` when the
-    /// client sent COMMIT (it gets `CommandComplete COMMIT`), `last` when its ReadyForQuery is due now.
+    /// client sent COMMIT (it gets `CommandComplete COMMIT`), `last` when its ReadyForQuery is due now,
+    /// `held` the completion of the request's last statement, sent only if the commit succeeds.
     async fn commit_now(
         &mut self,
         b: &mut Buffers,
         explicit: bool,
         last: bool,
+        held: Option<BytesMut>,
     ) -> Result<(), Ending> {
         let statements = std::mem::take(&mut self.flow.statements);
         let log = std::sync::Arc::clone(&self.write.log);
@@ -931,6 +962,9 @@ where
                     self.span.in_scope(
                         || tracing::debug!(%position, "transaction logged and committed"),
                     );
+                }
+                if let Some(h) = held {
+                    b.to_client.extend_from_slice(&h);
                 }
                 if explicit {
                     encode::command_complete(&mut b.to_client, "COMMIT");
@@ -1037,7 +1071,17 @@ fn request(bytes: BytesMut, effects: Effects, last: bool, statements: Vec<Statem
 
 /// Backend messages the write path must see whole.
 fn inspect_server(tag: u8) -> bool {
-    matches!(tag, b'Z' | b'E' | b'G' | b'W' | b't')
+    matches!(tag, b'Z' | b'E' | b'G' | b'W' | b't' | b'C')
+}
+
+/// Something other than ReadyForQuery follows a held CommandComplete: it was not the last, send it in
+/// its place (after what was scanned before it).
+fn release_held(step: Option<&mut Step>, b: &mut Buffers, consumed: &mut usize) {
+    if let Some(held) = step.and_then(|s| s.held.take()) {
+        forward(&mut b.from_backend, *consumed, &mut b.to_client);
+        *consumed = 0;
+        b.to_client.extend_from_slice(&held);
+    }
 }
 
 /// Forwards what was scanned before a message to drop, then drops it.
