@@ -250,7 +250,8 @@ us_per_tx() { # us_per_tx TICKS0 TICKS1 NTX -> CPU µs per transaction, empty if
 run_one() { # run_one TARGET ROUND
     local target=$1 round=$2
     local id="$1" rkey="$1#$2"
-    local port db rc tps lat ntx failed logs n p50 p99 _mean w0="" w1="" k0="" k1=""
+    # shellcheck disable=SC2034  # tps ... p99 are set by bench_read_pgbench
+    local port db rc tps lat ntx failed retried n p50 p99 w0="" w1="" k0="" k1=""
     local h0 h1 t0 t1 ours0 ours1 other
     [ "$RUNS" -gt 1 ] && id="$id-r$round"
     port=$(port_of "$target")
@@ -291,23 +292,10 @@ run_one() { # run_one TARGET ROUND
         TOTAL_APPENDS[$target]=$(( ${TOTAL_APPENDS[$target]:-0} + ${W_APPENDS:-0} ))
     fi
 
-    tps=$(awk '/^tps = / { print $3; exit }' "$LOG_DIR/$id.out")
-    lat=$(awk '/^latency average = / { print $4; exit }' "$LOG_DIR/$id.out")
-    ntx=$(awk -F': *' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$LOG_DIR/$id.out")
-    failed=$(awk -F'[: ]+' '/^number of failed transactions/ { print $5; exit }' "$LOG_DIR/$id.out")
-    shopt -s nullglob
-    logs=("$LOG_DIR/$id".[0-9]*)
-    shopt -u nullglob
-    if [ "$rc" -ne 0 ] || [ -z "$tps" ] || [ "${#logs[@]}" -eq 0 ]; then
-        RUN_ERRORS+=("$id: pgbench exit status $rc: $(grep -m1 -i 'error\|fatal\|abort' "$LOG_DIR/$id.out" || tail -n1 "$LOG_DIR/$id.out")")
-        warn "run $id failed (exit $rc); last lines:"
-        tail -n 8 "$LOG_DIR/$id.out" | sed 's/^/    pgbench| /' >&2
+    if ! bench_read_pgbench "$id" "$rc"; then
         R_TPS[$rkey]=error
-        rm -f "${logs[@]}"
         return 0
     fi
-    read -r n p50 p99 _mean < <("$BENCH_DIR/latency.sh" "${logs[@]}")
-    rm -f "${logs[@]}"
     R_TPS[$rkey]=$tps; R_LAT[$rkey]=$lat; R_P50[$rkey]=$p50; R_P99[$rkey]=$p99; R_NTX[$rkey]=${ntx:-$n}
     R_WCPU[$rkey]=$(us_per_tx "$w0" "$w1" "${ntx:-0}")
     R_KCPU[$rkey]=$(us_per_tx "$k0" "$k1" "${ntx:-0}")

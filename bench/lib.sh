@@ -225,6 +225,33 @@ bench_start_postgres() { # sets PG_VERSION
     log "Postgres $PG_VERSION up"
 }
 
+# bench_read_pgbench ID RC: reads pgbench's summary ($LOG_DIR/ID.out, RC its exit status) and its
+# per-transaction logs (then removed) into the caller's variables tps lat ntx failed retried n p50 p99
+# (declare them local). A run that failed is added to RUN_ERRORS in pgbench's own words, its output kept
+# as $TMP/failed-ID.out, and the function returns 1.
+# shellcheck disable=SC2034  # the values are the caller's
+bench_read_pgbench() {
+    local id=$1 rc=$2 out="$LOG_DIR/$1.out" logs _mean
+    tps=$(awk '/^tps = / { print $3; exit }' "$out")
+    lat=$(awk '/^latency average = / { print $4; exit }' "$out")
+    ntx=$(awk -F': *' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$out")
+    failed=$(awk -F'[: ]+' '/^number of failed transactions/ { print $5; exit }' "$out")
+    retried=$(awk -F'[: ]+' '/^number of transactions retried/ { print $5; exit }' "$out")
+    shopt -s nullglob
+    logs=("$LOG_DIR/$id".[0-9]*)
+    shopt -u nullglob
+    if [ "$rc" -ne 0 ] || [ -z "$tps" ] || [ "${#logs[@]}" -eq 0 ]; then
+        RUN_ERRORS+=("$id: pgbench exit status $rc: $(grep -m1 -i 'error\|fatal\|abort' "$out" || tail -n1 "$out")")
+        warn "run $id failed (exit $rc); last lines:"
+        tail -n 8 "$out" | sed 's/^/    pgbench| /' >&2
+        cp "$out" "$TMP/failed-$id.out" 2>/dev/null || true
+        rm -f "${logs[@]}"
+        return 1
+    fi
+    read -r n p50 p99 _mean < <("$BENCH_DIR/latency.sh" "${logs[@]}")
+    rm -f "${logs[@]}"
+}
+
 # bench_check_durable_settings: reads the running cluster's durability settings into PG_MPT, PG_FSYNC,
 # PG_SYNC, PG_WSM, PG_FPW, PG_SB and stops unless the write benchmarks' preconditions hold (fsync and
 # synchronous_commit on, max_prepared_transactions of at least 2 x CLIENTS).

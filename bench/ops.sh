@@ -262,7 +262,8 @@ OPS_NTX=0
 run_one() { # run_one PROTO TARGET ROUND
     local proto=$1 target=$2 round=$3
     local key="$1/$2" id="$1-$2" rkey="$1/$2#$3"
-    local port db pid rc tps lat ntx failed retried logs n p50 p99 _mean
+    # shellcheck disable=SC2034  # tps ... p99 are set by bench_read_pgbench
+    local port db pid rc tps lat ntx failed retried n p50 p99
     local cpu0="" cpu1="" h0 h1 t0 t1 ours0 ours1 cpu_us other pg0 pg1 pgcpu_us
     [ "$RUNS" -gt 1 ] && id="$id-r$round"
     port=$(port_of "$target")
@@ -303,25 +304,10 @@ run_one() { # run_one PROTO TARGET ROUND
         if [ "$W_REFUSED" != 0 ]; then RUN_ERRORS+=("$id: waly refused $W_REFUSED transactions (operations catalog)"); fi
     fi
 
-    tps=$(awk '/^tps = / { print $3; exit }' "$LOG_DIR/$id.out")
-    lat=$(awk '/^latency average = / { print $4; exit }' "$LOG_DIR/$id.out")
-    ntx=$(awk -F': *' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$LOG_DIR/$id.out")
-    failed=$(awk -F'[: ]+' '/^number of failed transactions/ { print $5; exit }' "$LOG_DIR/$id.out")
-    retried=$(awk -F'[: ]+' '/^number of transactions retried/ { print $5; exit }' "$LOG_DIR/$id.out")
-    shopt -s nullglob
-    logs=("$LOG_DIR/$id".[0-9]*)
-    shopt -u nullglob
-    if [ "$rc" -ne 0 ] || [ -z "$tps" ] || [ "${#logs[@]}" -eq 0 ]; then
-        RUN_ERRORS+=("$id: pgbench exit status $rc: $(grep -m1 -i 'error\|fatal\|abort' "$LOG_DIR/$id.out" || tail -n1 "$LOG_DIR/$id.out")")
-        warn "run $id failed (exit $rc); last lines:"
-        tail -n 8 "$LOG_DIR/$id.out" | sed 's/^/    pgbench| /' >&2
-        cp "$LOG_DIR/$id.out" "$TMP/failed-$id.out" 2>/dev/null || true
+    if ! bench_read_pgbench "$id" "$rc"; then
         R_TPS[$rkey]=error
-        rm -f "${logs[@]}"
         return 0
     fi
-    read -r n p50 p99 _mean < <("$BENCH_DIR/latency.sh" "${logs[@]}")
-    rm -f "${logs[@]}"
     cpu_us=""
     if [ -n "$cpu0" ] && [ -n "$cpu1" ] && [ "${ntx:-0}" -gt 0 ]; then
         cpu_us=$(awk -v d=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v n="$ntx" 'BEGIN { printf "%.3f", d / hz * 1e6 / n }')

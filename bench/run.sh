@@ -120,7 +120,8 @@ OTHER_MAX_ID=""
 run_one() { # run_one PROTO CLIENTS TARGET ROUND
     local proto=$1 clients=$2 target=$3 round=$4
     local key="$1/$2/$3" id="$1-c$2-$3" rkey="$1/$2/$3#$4"
-    local jobs port pid rc tps ntx failed logs n p50 p99 _mean
+    # shellcheck disable=SC2034  # tps ... p99 are set by bench_read_pgbench
+    local jobs port pid rc tps lat ntx failed retried n p50 p99
     local cpu0="" cpu1="" h0 h1 t0 t1 ours0 ours1 cpu_us other
     [ "$RUNS" -gt 1 ] && id="$id-r$round"
     if [ "$clients" -eq 1 ]; then jobs=1; else jobs=2; fi
@@ -146,22 +147,10 @@ run_one() { # run_one PROTO CLIENTS TARGET ROUND
     OTHER_ALL+=("$other")
     if awk -v o="$other" -v m="$OTHER_MAX" 'BEGIN { exit !(o > m) }'; then OTHER_MAX=$other; OTHER_MAX_ID=$id; fi
 
-    tps=$(awk '/^tps = / { print $3; exit }' "$LOG_DIR/$id.out")
-    ntx=$(awk -F': *' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$LOG_DIR/$id.out")
-    failed=$(awk -F'[: ]+' '/^number of failed transactions/ { print $5; exit }' "$LOG_DIR/$id.out")
-    shopt -s nullglob
-    logs=("$LOG_DIR/$id".[0-9]*)
-    shopt -u nullglob
-    if [ "$rc" -ne 0 ] || [ -z "$tps" ] || [ "${#logs[@]}" -eq 0 ]; then
-        RUN_ERRORS+=("$id: pgbench exit status $rc: $(grep -m1 -i 'error\|fatal\|abort' "$LOG_DIR/$id.out" || tail -n1 "$LOG_DIR/$id.out")")
-        warn "run $id failed (exit $rc); last lines:"
-        tail -n 5 "$LOG_DIR/$id.out" | sed 's/^/    pgbench| /' >&2
+    if ! bench_read_pgbench "$id" "$rc"; then
         R_TPS[$rkey]=error
-        rm -f "${logs[@]}"
         return 0
     fi
-    read -r n p50 p99 _mean < <("$BENCH_DIR/latency.sh" "${logs[@]}")
-    rm -f "${logs[@]}"
     cpu_us=""
     if [ -n "$cpu0" ] && [ -n "$cpu1" ] && [ "${ntx:-0}" -gt 0 ]; then
         cpu_us=$(awk -v d=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v n="$ntx" 'BEGIN { printf "%.3f", d / hz * 1e6 / n }')
