@@ -1,6 +1,8 @@
 //! waly's schema in a real Postgres: migrations (versioned, once, refused when changed or unprivileged)
-//! and the capture (row images and DDL in `waly.capture`, per transaction, in order), read the way the
-//! commit protocol will read it: inside the transaction, before COMMIT. No proxy is involved.
+//! and the capture (row images and DDL, per transaction, in order: the transaction-local buffer and the
+//! `waly.capture` table behind it), read the way the commit protocol will read it: inside the transaction,
+//! before COMMIT (`waly.peek_capture()` expands the same rows `waly.read_changes()` gives the protocol).
+//! No proxy is involved.
 
 mod support;
 
@@ -56,11 +58,11 @@ struct Change {
 async fn captured(c: &Client) -> Vec<Change> {
     c.query(
         "select kind, schema_name || '.' || table_name, pk, old_row, new_row, ddl_tag, ddl_object, ddl_query
-         from waly.capture where txid = pg_current_xact_id() order by seq",
+         from waly.peek_capture() where kind <> 'sequence' order by seq",
         &[],
     )
     .await
-    .expect("read waly.capture")
+    .expect("read the capture")
     .iter()
     .map(|r| Change {
         kind: r.get(0),
@@ -226,13 +228,13 @@ async fn insert_update_delete_images_and_primary_keys() {
     assert_eq!(after["total"], json!(50));
     assert_eq!(changes[2].old.as_ref(), Some(&inserted));
     assert_eq!(changes[2].new, None);
-    // The proxy deletes its transaction's rows; nobody did here, so they outlived the commit.
+    // The buffer is the transaction's own: nobody took it here, and nothing outlived the commit.
     let left: i64 = c
         .query_one("select count(*) from waly.capture", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(left, 3);
+    assert_eq!(left, 0);
 }
 
 #[tokio::test]
@@ -269,12 +271,20 @@ async fn tables_created_after_migrate_get_triggers_once() {
             (
                 "fresh".into(),
                 "0_waly_capture".into(),
-                "b\\000a\\000".into()
+                "[\"b\",\"a\"]\\000".into()
             ),
             ("fresh".into(), "0_waly_capture_truncate".into(), "".into()),
-            ("old".into(), "0_waly_capture".into(), "id\\000".into()),
+            (
+                "old".into(),
+                "0_waly_capture".into(),
+                "[\"id\"]\\000".into()
+            ),
             ("old".into(), "0_waly_capture_truncate".into(), "".into()),
-            ("other.t".into(), "0_waly_capture".into(), "id\\000".into()),
+            (
+                "other.t".into(),
+                "0_waly_capture".into(),
+                "[\"id\"]\\000".into()
+            ),
             (
                 "other.t".into(),
                 "0_waly_capture_truncate".into(),
@@ -780,7 +790,7 @@ async fn adding_or_dropping_the_primary_key_switches_pk() {
     );
     assert_eq!(
         capture_triggers(&c).await[0],
-        ("kv".into(), "0_waly_capture".into(), "k\\000".into())
+        ("kv".into(), "0_waly_capture".into(), "[\"k\"]\\000".into())
     );
 }
 
@@ -879,7 +889,7 @@ async fn images_are_exact_whatever_the_session_settings() {
         .query_one(
             "select jsonb_populate_record(null::m, new_row) is not distinct from (select m from m where id = 1),
                     new_row::text
-             from waly.capture where txid = pg_current_xact_id()",
+             from waly.peek_capture() where kind = 'insert'",
             &[],
         )
         .await
@@ -936,8 +946,8 @@ async fn prepare_transaction_with_capture_rows() {
         .get(0);
     assert_eq!(left, 0);
 
-    // Unlogged capture rows do not stop PREPARE either (temporary tables would): left in place, they
-    // commit with the transaction and stay behind.
+    // An untaken buffer does not stop PREPARE either (temporary tables would): it is the transaction's
+    // own memory and ends with it.
     c.batch_execute("begin; insert into t values (2, 'c');")
         .await
         .unwrap();
@@ -956,7 +966,8 @@ async fn prepare_transaction_with_capture_rows() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(left, 1);
+    assert_eq!(left, 0);
+    assert_eq!(stored(&c, "t", 2).await, json!({"id": 2, "v": "c"}));
 
     // ROLLBACK PREPARED takes the rows and the change away.
     c.batch_execute("begin; insert into t values (3, 'd');")

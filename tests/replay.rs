@@ -126,7 +126,7 @@ impl Source {
 async fn commit_logged(c: &Client, log: &FileLog) -> Option<Position> {
     let rows = c
         .query(
-            &format!("select {CAPTURE_COLUMNS} from waly.take_capture()"),
+            &format!("select {CAPTURE_COLUMNS} from waly.read_changes(true)"),
             &[],
         )
         .await

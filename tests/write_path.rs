@@ -339,6 +339,66 @@ async fn statements_that_would_bypass_the_log_are_refused_clearly() {
     assert_eq!(prepared, 0);
 }
 
+/// A transaction's row changes wait for COMMIT in transaction-local settings (`waly.*`): RESET ALL and
+/// SET waly.* would discard them, so waly refuses them where a transaction is under way, and lets RESET
+/// ALL through where none is (connection pools run it between transactions).
+#[tokio::test]
+async fn resetting_the_capture_buffer_is_refused_inside_transactions() {
+    let s = Served::new("wp_reset_all");
+    let url = s.url();
+    psql(&url, "create table t (id int primary key, v text);");
+    let c = connect(&url).await;
+    let before = s.waly.log_end().await;
+    let refused = async |sql: &str| {
+        let err = c.batch_execute(sql).await.unwrap_err();
+        let db = err.as_db_error().expect("a Postgres error").clone();
+        assert_eq!(db.code().code(), "0A000", "{sql}: {db:?}");
+        assert!(
+            db.message().starts_with("waly does not"),
+            "{}",
+            db.message()
+        );
+        assert!(db.hint().is_some());
+    };
+    // Inside a transaction block, in the middle of its writes.
+    c.batch_execute("begin; insert into t values (1, 'a')")
+        .await
+        .unwrap();
+    refused("reset all").await;
+    c.batch_execute("rollback").await.unwrap();
+    // Beside a write in one query string (which waly runs as one transaction).
+    refused("insert into t values (2, 'b'); reset all").await;
+    // waly's own parameters, anywhere.
+    refused("set waly.capture = ''").await;
+    c.batch_execute("begin; insert into t values (3, 'c')")
+        .await
+        .unwrap();
+    refused("set local waly.capture to ''").await;
+    c.batch_execute("rollback").await.unwrap();
+    assert_eq!(s.waly.log_end().await, before, "nothing was logged");
+
+    // Outside a transaction, RESET ALL works as in Postgres, in its own string or with reads; writes
+    // after it are logged whole.
+    c.batch_execute("set application_name = 'resetting'; reset all; select 1; reset all")
+        .await
+        .unwrap();
+    c.batch_execute(
+        "begin; insert into t values (4, 'd'); update t set v = 'e' where id = 4; commit",
+    )
+    .await
+    .unwrap();
+    let records = s.waly.records().await;
+    assert_eq!(records.len() as u64, before + 1);
+    assert_eq!(records.last().unwrap().changes.len(), 2);
+    let count: i64 = c
+        .query_one("select count(*) from t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 1);
+    s.assert_replay_equals_live();
+}
+
 #[tokio::test]
 async fn pgbench_tpcb_like_at_8_clients_rebuilds_exactly() {
     let s = Served::new("wp_pgbench");

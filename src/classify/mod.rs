@@ -79,6 +79,9 @@ pub struct Classification {
     /// A statement that Postgres runs only outside a transaction block (CREATE DATABASE, VACUUM,
     /// CREATE INDEX CONCURRENTLY, ...): waly must not wrap it in one.
     pub autocommit_only: bool,
+    /// RESET ALL: it would also discard waly's capture buffer (transaction-local settings), so waly lets
+    /// it through only where no transaction is under way (see `session::flow`).
+    pub resets_all: bool,
 }
 
 /// Why waly refuses a statement; rendered as an error in Postgres' form by the session.
@@ -90,6 +93,10 @@ pub enum Refusal {
     Chain,
     /// SET session_replication_role: would silence the capture triggers.
     ReplicationRole,
+    /// SET or RESET of a `waly.*` setting: the capture buffer lives there.
+    WalySetting,
+    /// RESET ALL inside a transaction, or with writes in the same query string.
+    ResetAllInTransaction,
 }
 
 impl Refusal {
@@ -98,6 +105,10 @@ impl Refusal {
             Refusal::TwoPhaseCommit => "waly does not relay two-phase commit statements",
             Refusal::Chain => "waly does not support COMMIT AND CHAIN or ROLLBACK AND CHAIN",
             Refusal::ReplicationRole => "waly does not allow changing session_replication_role",
+            Refusal::WalySetting => "waly does not allow setting its own waly.* parameters",
+            Refusal::ResetAllInTransaction => {
+                "waly does not allow RESET ALL inside a transaction that may write"
+            }
         }
     }
 
@@ -109,6 +120,12 @@ impl Refusal {
             Refusal::Chain => "Use COMMIT, then BEGIN.",
             Refusal::ReplicationRole => {
                 "In replica mode Postgres skips the triggers that record row changes; connect to Postgres directly for maintenance that needs it."
+            }
+            Refusal::WalySetting => {
+                "waly keeps the transaction's row changes in these parameters until COMMIT; leave them alone."
+            }
+            Refusal::ResetAllInTransaction => {
+                "RESET ALL would also discard waly's record of the transaction's row changes; run it outside a transaction block, in a query string of its own."
             }
         }
     }
@@ -167,6 +184,8 @@ pub fn classify(sql: &str) -> Classification {
         class.statements.push(kind);
         class.refusal = class.refusal.or_else(|| refusal(node));
         class.autocommit_only |= autocommit_only(node);
+        class.resets_all |= matches!(node, NodeEnum::VariableSetStmt(v)
+            if v.kind() == pg_query::protobuf::VariableSetKind::VarResetAll);
     }
     class
 }
@@ -186,6 +205,9 @@ fn refusal(node: &NodeEnum) -> Option<Refusal> {
         },
         NodeEnum::VariableSetStmt(v) if v.name.eq_ignore_ascii_case("session_replication_role") => {
             Some(Refusal::ReplicationRole)
+        }
+        NodeEnum::VariableSetStmt(v) if v.name.to_ascii_lowercase().starts_with("waly.") => {
+            Some(Refusal::WalySetting)
         }
         _ => None,
     }
@@ -436,6 +458,17 @@ mod tests {
             classify("set session_replication_role = replica").refusal,
             Some(Refusal::ReplicationRole)
         );
+        for sql in [
+            "set waly.capture = ''",
+            "set local WALY.capture_tables to 'x'",
+            "reset waly.capture",
+        ] {
+            assert_eq!(classify(sql).refusal, Some(Refusal::WalySetting), "{sql}");
+        }
+        assert_eq!(classify("set walyx.y = 1").refusal, None);
+        assert!(classify("select 1; reset all").resets_all);
+        assert!(!classify("reset search_path").resets_all);
+        assert_eq!(classify("reset all").refusal, None);
         for sql in [
             "create database d",
             "vacuum t",

@@ -49,7 +49,7 @@ static CAPTURE_QUERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
         "SET CONSTRAINTS ALL IMMEDIATE; \
          SELECT pg_current_xact_id_if_assigned()::text, \
                 to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'); \
-         SELECT {CAPTURE_COLUMNS} FROM waly.take_capture()"
+         SELECT {CAPTURE_COLUMNS} FROM waly.read_changes(true)"
     )
 });
 

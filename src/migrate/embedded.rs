@@ -37,4 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         // Replaces event trigger functions and the SECURITY DEFINER take_capture().
         requires_superuser: true,
     },
+    Migration {
+        version: 6,
+        name: "capture_buffer",
+        sql: include_str!("../../migrations/0006_capture_buffer.sql"),
+        // Replaces event trigger functions and recreates every capture trigger.
+        requires_superuser: true,
+    },
 ];

@@ -1,53 +1,135 @@
-//! From `waly.take_capture()` rows to a record's [`Change`]s.
+//! From the rows of `waly.read_changes(true)` to a record's [`Change`]s.
 //!
-//! Owns the mapping from the capture table's columns (see `migrations/0002_capture.sql`) to changes, for
-//! rows read through tokio-postgres and for the same columns read as text through the raw protocol; both
-//! share one mapping. Images are taken as the JSON text Postgres rendered (`jsonb::text`) and must never be
-//! parsed into numbers: that would round them.
+//! Owns the mapping from the capture's columns (see `migrations/0002_capture.sql` and
+//! `migrations/0006_capture_buffer.sql`) to changes, for rows read through tokio-postgres and for the same
+//! columns read as text through the raw protocol; both share one mapping. A row of kind `lines` carries
+//! the capture buffer: one JSON array per row change, `[kind, schema, table, key columns, old, new]`.
+//! Images are taken as the JSON text Postgres rendered and must never be parsed into numbers: that would
+//! round them.
+
+use std::collections::HashMap;
 
 use serde_json::value::RawValue;
 
 use super::{Change, ChangeFields, Json, RecordError};
 
-/// The select list both variants expect, in this order: `select {CAPTURE_COLUMNS} from waly.take_capture()`.
+/// The select list both variants expect, in this order: `select {CAPTURE_COLUMNS} from waly.read_changes(true)`.
 pub const CAPTURE_COLUMNS: &str = "seq, kind, schema_name, table_name, pk::text, old_row::text, \
                                    new_row::text, ddl_tag, ddl_object, ddl_query";
 
 /// The changes of capture rows selected with [`CAPTURE_COLUMNS`] (rows already in `seq` order).
 pub fn changes_from_capture(rows: &[tokio_postgres::Row]) -> Result<Vec<Change>, RecordError> {
-    rows.iter()
-        .map(|row| {
-            let seq = row
-                .try_get::<_, i64>(0)
-                .map(|s| s.to_string())
-                .unwrap_or_else(|_| "?".into());
-            let mut columns: [Option<&str>; 9] = [None; 9];
-            for (i, column) in columns.iter_mut().enumerate() {
-                *column = row
-                    .try_get::<_, Option<&str>>(i + 1)
-                    .map_err(|e| invalid(&seq, format!("column {}: {e}", i + 1)))?;
-            }
-            change(&seq, &columns)
-        })
-        .collect()
+    let mut changes = Vec::with_capacity(rows.len());
+    for row in rows {
+        let seq = row
+            .try_get::<_, i64>(0)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|_| "?".into());
+        let mut columns: [Option<&str>; 9] = [None; 9];
+        for (i, column) in columns.iter_mut().enumerate() {
+            *column = row
+                .try_get::<_, Option<&str>>(i + 1)
+                .map_err(|e| invalid(&seq, format!("column {}: {e}", i + 1)))?;
+        }
+        push_changes(&seq, &columns, &mut changes)?;
+    }
+    Ok(changes)
 }
 
 /// The same as [`changes_from_capture`], for rows whose columns arrived as text (`None` for SQL NULL), as
 /// the raw protocol delivers them.
 pub fn changes_from_capture_text(rows: &[Vec<Option<String>>]) -> Result<Vec<Change>, RecordError> {
-    rows.iter()
-        .map(|row| {
-            if row.len() != 10 {
-                return Err(invalid("?", format!("{} columns, expected 10", row.len())));
-            }
-            let seq = row[0].as_deref().unwrap_or("?");
-            let mut columns: [Option<&str>; 9] = [None; 9];
-            for (column, value) in columns.iter_mut().zip(&row[1..]) {
-                *column = value.as_deref();
-            }
-            change(seq, &columns)
-        })
-        .collect()
+    let mut changes = Vec::with_capacity(rows.len());
+    for row in rows {
+        if row.len() != 10 {
+            return Err(invalid("?", format!("{} columns, expected 10", row.len())));
+        }
+        let seq = row[0].as_deref().unwrap_or("?");
+        let mut columns: [Option<&str>; 9] = [None; 9];
+        for (column, value) in columns.iter_mut().zip(&row[1..]) {
+            *column = value.as_deref();
+        }
+        push_changes(seq, &columns, &mut changes)?;
+    }
+    Ok(changes)
+}
+
+/// One capture row's changes: many for a row of kind `lines`, one otherwise.
+fn push_changes(
+    seq: &str,
+    columns: &[Option<&str>; 9],
+    changes: &mut Vec<Change>,
+) -> Result<(), RecordError> {
+    if columns[0] != Some("lines") {
+        changes.push(change(seq, columns)?);
+        return Ok(());
+    }
+    let lines = columns[8].unwrap_or_default();
+    for (n, line) in lines.split('\n').filter(|l| !l.is_empty()).enumerate() {
+        let at = format!("{seq}, line {}", n + 1);
+        changes.push(line_change(&at, line)?);
+    }
+    Ok(())
+}
+
+/// One line of the capture buffer: `[kind, schema, table, key columns or null, old image, new image]`.
+type Line<'a> = (
+    String,
+    String,
+    String,
+    Option<Vec<String>>,
+    Option<&'a RawValue>,
+    Option<&'a RawValue>,
+);
+
+fn line_change(at: &str, line: &str) -> Result<Change, RecordError> {
+    let (kind, schema, table, key_columns, old, new): Line =
+        serde_json::from_str(line).map_err(|e| invalid(at, format!("not a capture line: {e}")))?;
+    let pk = match key_columns {
+        None => None,
+        Some(columns) => {
+            // The key of the row as it is after the change: the new image's, or the old one's for a delete.
+            let image = new
+                .or(old)
+                .ok_or_else(|| invalid(at, "a keyed change without an image".into()))?;
+            Some(primary_key(at, image, &columns)?)
+        }
+    };
+    let fields = ChangeFields {
+        kind,
+        schema: Some(schema),
+        table: Some(table),
+        pk,
+        old: old.map(RawValue::to_owned),
+        new: new.map(RawValue::to_owned),
+        tag: None,
+        object: None,
+        sql: None,
+        name: None,
+        last_value: None,
+        is_called: None,
+    };
+    Change::try_from(fields).map_err(|reason| invalid(at, reason))
+}
+
+/// `{"col": value, ...}` of `columns`, in their order, with each value's text as the image has it.
+fn primary_key(at: &str, image: &RawValue, columns: &[String]) -> Result<Json, RecordError> {
+    let values: HashMap<String, &RawValue> = serde_json::from_str(image.get())
+        .map_err(|e| invalid(at, format!("image is not a JSON object: {e}")))?;
+    let mut key = String::from("{");
+    for (i, column) in columns.iter().enumerate() {
+        let value = values
+            .get(column)
+            .ok_or_else(|| invalid(at, format!("the image lacks key column {column}")))?;
+        if i > 0 {
+            key.push_str(", ");
+        }
+        key.push_str(&serde_json::to_string(column).expect("a string serialises"));
+        key.push_str(": ");
+        key.push_str(value.get());
+    }
+    key.push('}');
+    RawValue::from_string(key).map_err(|e| invalid(at, format!("key is not JSON: {e}")))
 }
 
 /// Where a sequence stands, as `waly.take_capture()` puts it in `new_row` of a row of kind `sequence`
@@ -294,6 +376,86 @@ mod tests {
         for r in bad {
             let e = changes_from_capture_text(&[r]).unwrap_err();
             assert!(matches!(e, RecordError::Capture { .. }), "{e}");
+        }
+    }
+
+    #[test]
+    fn buffer_lines_become_changes_with_keys_from_the_images() {
+        let lines = concat!(
+            r#"["insert","public","t",["id","k"],null,{"id":1,"x":1e-30,"k":"a\"b"}]"#,
+            "\n",
+            r#"["update","public","t",["id","k"],{"id":1,"x":1e-30,"k":"a\"b"},{"id":2,"x":123456789012345678901234567890.5,"k":"c"}]"#,
+            "\n",
+            r#"["delete","odd \"schema\"","t",["id","k"],{"id":2,"x":null,"k":"c"},null]"#,
+            "\n",
+            r#"["insert","public","nokey",null,null,{"a":[1,2],"j":{"z": 1,  "a": 2}}]"#,
+            "\n",
+        );
+        let rows = vec![row(&[
+            Some("1"),
+            Some("lines"),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            Some(lines),
+        ])];
+        let changes = changes_from_capture_text(&rows).unwrap();
+        let json: Vec<serde_json::Value> = changes
+            .iter()
+            .map(|c| serde_json::to_value(c).unwrap())
+            .collect();
+        assert_eq!(changes.len(), 4);
+        let text = |c: &Change| serde_json::to_string(c).unwrap();
+        // Keys in the key columns' order, values as the image wrote them.
+        assert!(
+            text(&changes[0]).contains(r#""pk":{"id": 1, "k": "a\"b"}"#),
+            "{}",
+            text(&changes[0])
+        );
+        assert!(
+            text(&changes[1]).contains(r#""pk":{"id": 2, "k": "c"}"#),
+            "{}",
+            text(&changes[1])
+        );
+        assert!(text(&changes[1]).contains("123456789012345678901234567890.5"));
+        assert!(
+            text(&changes[2]).contains(r#""pk":{"id": 2, "k": "c"}"#),
+            "{}",
+            text(&changes[2])
+        );
+        assert_eq!(json[2]["schema"], "odd \"schema\"");
+        assert!(json[3].get("pk").is_none_or(|p| p.is_null()), "{}", json[3]);
+        // json values keep their text.
+        assert!(
+            text(&changes[3]).contains(r#"{"z": 1,  "a": 2}"#),
+            "{}",
+            text(&changes[3])
+        );
+
+        for bad in [
+            "not json",
+            r#"["insert","public","t",["id"],null,{"x":1}]"#,
+            r#"["insert","public","t",["id"],null,null]"#,
+            r#"["frobnicate","public","t",null,null,{"x":1}]"#,
+        ] {
+            let rows = vec![row(&[
+                Some("7"),
+                Some("lines"),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                Some(bad),
+            ])];
+            let e = changes_from_capture_text(&rows).unwrap_err();
+            assert!(e.to_string().contains("7, line 1"), "{e}");
         }
     }
 }

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::own::OwnQueries;
 use super::relay::{Buffers, Ending, Relay, forward, write_now};
 use super::tracker::{Seen, inspect_frontend};
-use crate::classify::{Classification, StatementKind};
+use crate::classify::{Classification, Refusal, StatementKind};
 use crate::commit::{self, Failure, Outcome};
 use crate::operations::{Matcher, Rewrite};
 use crate::record::Statement;
@@ -210,11 +210,23 @@ fn inspect_client(tag: u8) -> bool {
 
 /// A statement waly refuses, turned into one that fails with waly's error, so that Postgres reports it at
 /// the right point of the conversation (and aborts the transaction as any failed statement does).
-fn refusal_sql(class: &Classification) -> Option<String> {
-    let r = class.refusal?;
+fn refusal_sql(class: &Classification, status: u8) -> Option<String> {
+    let r = class.refusal.or_else(|| reset_all_refusal(class, status))?;
     Some(raise_sql(
         &PgError::error(SqlState::FEATURE_NOT_SUPPORTED, r.message()).with_hint(r.hint()),
     ))
+}
+
+/// RESET ALL would also reset the transaction-local settings that hold waly's capture buffer: refused
+/// inside a transaction block, and beside writes in one query string (which waly wraps in one).
+fn reset_all_refusal(class: &Classification, status: u8) -> Option<Refusal> {
+    let writes = || {
+        class
+            .statements
+            .iter()
+            .any(|k| matches!(k, StatementKind::Write | StatementKind::Ddl))
+    };
+    (class.resets_all && (status != b'I' || writes())).then_some(Refusal::ResetAllInTransaction)
 }
 
 /// A statement that fails with `error` (SQLSTATE, message, detail, hint) when Postgres runs it.
@@ -414,7 +426,9 @@ where
         match messages::query_text(body) {
             Some(sql) => {
                 let class = self.tracker.classify(sql);
-                class.refusal.is_none() && needs_status(Effects::of(&class), class.commits())
+                class.resets_all
+                    || (class.refusal.is_none()
+                        && needs_status(Effects::of(&class), class.commits()))
             }
             None => false,
         }
@@ -448,7 +462,7 @@ where
                 .await;
         };
         let class = &seen.class;
-        if let Some(sql) = refusal_sql(class) {
+        if let Some(sql) = refusal_sql(class, self.flow.status) {
             let mut bytes = BytesMut::new();
             encode::query(&mut bytes, &sql);
             return self
@@ -549,7 +563,10 @@ where
         let mut message = message;
         if tag == b'P'
             && let Some((name, _)) = messages::parse_message(&message[5..])
-            && let Some(refused) = self.tracker.prepared(name).and_then(|c| refusal_sql(c))
+            && let Some(refused) = self
+                .tracker
+                .prepared(name)
+                .and_then(|c| refusal_sql(c, self.flow.status))
         {
             let mut rewritten = BytesMut::new();
             if encode::parse_replacing_sql(&mut rewritten, &message[5..], &refused).is_some() {

@@ -1,0 +1,313 @@
+-- waly migration 0006: row changes are buffered in the transaction's own memory, not in a table.
+--
+-- Until now the capture trigger inserted one row per change into waly.capture, and the commit protocol
+-- deleted and returned them (take_capture). Those inserts, their index entries, the delete and the dead
+-- tuples it leaves cost Postgres more CPU than the application's own statements in a short transaction.
+--
+-- Now the trigger appends one line of JSON per change to a transaction-local setting, waly.capture
+-- (set_config(..., true)): it vanishes with the transaction, and a ROLLBACK TO SAVEPOINT restores the value
+-- it had at the savepoint, exactly as the rows under that savepoint are undone. The buffer's first line is
+-- the transaction id, so a value left over from elsewhere (a session-level SET) is ignored, never logged.
+--
+-- waly.capture the table remains, for what must outlive or interleave with the buffer:
+--   * kind 'lines': the buffer spilled when it grows past 32 kB (large transactions would otherwise copy it
+--     at every change), with the lines in ddl_query;
+--   * DDL and TRUNCATE rows (and the rows CREATE TABLE AS filled), written after spilling the buffer, so
+--     the table's rows (by seq) followed by the buffer are the transaction's changes in order;
+--   * the capture of statements that commit on their own (CREATE INDEX CONCURRENTLY), which the buffer
+--     would lose.
+-- A line is a JSON array: [kind, schema, table, primary-key columns (array or null), old image, new image],
+-- images by row_to_json (columns in table order; json values kept as written). waly computes the primary
+-- key from the image and the key columns.
+
+-- The trigger's argument is now the primary-key columns as one JSON array (none without a primary key).
+create or replace function waly.primary_key_argument(rel oid) returns text
+language sql stable as $$
+  select pg_catalog.array_to_json(waly.primary_key_columns(rel))::text
+$$;
+
+create or replace function waly.exact_json(r anyelement) returns text
+language sql stable
+set extra_float_digits = 3 set intervalstyle = 'postgres' set bytea_output = 'hex'
+as $$ select pg_catalog.row_to_json(r)::text $$;
+
+-- Moves the buffer's lines into waly.capture (kind 'lines') and empties it. Run before anything else is
+-- written to the table, so the table's order stays the transaction's.
+create or replace function waly.spill_capture() returns void
+language plpgsql as $$
+declare
+  head text := pg_catalog.pg_current_xact_id()::text || E'\n';
+  buf text := pg_catalog.current_setting('waly.capture', true);
+begin
+  perform pg_catalog.set_config('waly.capture_spilled', head, true);
+  if buf is null or not pg_catalog.starts_with(buf, head) or pg_catalog.octet_length(buf) = pg_catalog.octet_length(head) then
+    return;
+  end if;
+  insert into waly.capture (kind, ddl_query)
+  values ('lines', pg_catalog.substr(buf, pg_catalog.length(head) + 1));
+  perform pg_catalog.set_config('waly.capture', head, true);
+end
+$$;
+
+-- Notes that a table had inserts (or a TRUNCATE) in this transaction: its sequences' positions go into
+-- the record.
+create or replace function waly.note_sequence_table(rel oid) returns void
+language plpgsql as $$
+declare
+  head text := pg_catalog.pg_current_xact_id()::text || E'\n';
+  tables text := pg_catalog.current_setting('waly.capture_tables', true);
+begin
+  if tables is null or not pg_catalog.starts_with(tables, head) then
+    perform pg_catalog.set_config('waly.capture_tables', head || rel::text || E'\n', true);
+  elsif pg_catalog.strpos(tables, E'\n' || rel::text || E'\n') = 0 then
+    perform pg_catalog.set_config('waly.capture_tables', tables || rel::text || E'\n', true);
+  end if;
+end
+$$;
+
+create or replace function waly.capture_row() returns trigger
+language plpgsql as $$
+declare
+  exact boolean := pg_catalog.current_setting('extra_float_digits')::int4 >= 1
+    and pg_catalog.current_setting('intervalstyle') = 'postgres';
+  head text := pg_catalog.pg_current_xact_id()::text || E'\n';
+  buf text := pg_catalog.current_setting('waly.capture', true);
+  line text := pg_catalog.to_json(TG_TABLE_SCHEMA)::text || ',' || pg_catalog.to_json(TG_TABLE_NAME)::text
+               || ',' || coalesce(TG_ARGV[0], 'null') || ',';
+begin
+  if buf is null or not pg_catalog.starts_with(buf, head) then
+    buf := head;
+  end if;
+  if TG_OP = 'INSERT' then
+    line := '["insert",' || line || 'null,'
+      || case when exact then pg_catalog.row_to_json(NEW)::text else waly.exact_json(NEW) end || E']\n';
+    perform waly.note_sequence_table(TG_RELID);
+  elsif TG_OP = 'UPDATE' then
+    line := '["update",' || line
+      || case when exact then pg_catalog.row_to_json(OLD)::text else waly.exact_json(OLD) end || ','
+      || case when exact then pg_catalog.row_to_json(NEW)::text else waly.exact_json(NEW) end || E']\n';
+  else
+    line := '["delete",' || line
+      || case when exact then pg_catalog.row_to_json(OLD)::text else waly.exact_json(OLD) end || E',null]\n';
+  end if;
+  perform pg_catalog.set_config('waly.capture', buf || line, true);
+  if pg_catalog.octet_length(buf) + pg_catalog.octet_length(line) > 32768 then
+    perform waly.spill_capture();
+  end if;
+  return null;
+end
+$$;
+
+create or replace function waly.capture_truncate() returns trigger
+language plpgsql as $$
+begin
+  perform waly.spill_capture();
+  perform waly.note_sequence_table(TG_RELID);
+  insert into waly.capture (kind, schema_name, table_name, ddl_query)
+  values ('truncate', TG_TABLE_SCHEMA, TG_TABLE_NAME, pg_catalog.current_query());
+  return null;
+end
+$$;
+
+create or replace function waly.ensure_capture(rel oid) returns void
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  relation text;
+  kind "char";
+  pk text;
+  args bytea;
+  existing record;
+begin
+  if not waly.is_application_table(rel) then
+    return;
+  end if;
+  select format('%I.%I', n.nspname, c.relname), c.relkind into relation, kind
+  from pg_class c join pg_namespace n on n.oid = c.relnamespace
+  where c.oid = rel;
+
+  if kind = 'p' then
+    perform waly.ensure_capture(t.relid) from pg_partition_tree(rel) t where t.parentrelid = rel;
+  end if;
+
+  if not exists (select from pg_trigger where tgrelid = rel and tgname = '0_waly_capture_truncate') then
+    execute format(
+      'create trigger %I after truncate on %s for each statement execute function waly.capture_truncate()',
+      '0_waly_capture_truncate', relation);
+  end if;
+
+  if kind = 'r' then
+    pk := waly.primary_key_argument(rel);
+    -- pg_trigger.tgargs holds each argument NUL-terminated.
+    args := coalesce(convert_to(pk, getdatabaseencoding()) || '\x00'::bytea, ''::bytea);
+    select tgargs, tgenabled into existing
+    from pg_trigger where tgrelid = rel and tgname = '0_waly_capture';
+    if found and existing.tgenabled not in ('O', 'A') then
+      raise exception 'waly''s capture trigger on % must stay enabled', relation
+        using errcode = 'object_not_in_prerequisite_state',
+              detail = 'With it disabled, changes to the table would bypass waly''s log.',
+              hint = format('Leave "0_waly_capture" enabled (ALTER TABLE %s ENABLE TRIGGER "0_waly_capture"); to stop capturing, uninstall waly.', relation);
+    end if;
+    if not found or existing.tgargs <> args then
+      execute format(
+        'create or replace trigger %I after insert or update or delete on %s for each row execute function waly.capture_row(%s)',
+        '0_waly_capture', relation, coalesce(quote_literal(pk), ''));
+    end if;
+  end if;
+end
+$$;
+
+create or replace function waly.capture_ddl() returns event_trigger
+language plpgsql as $$
+declare
+  cmd record;
+  recorded boolean := false;
+  object text;
+  relations oid[] := '{}';
+  rel oid;
+  dropped text := nullif(pg_catalog.current_setting('waly.dropped_objects', true), '');
+begin
+  if dropped is not null then
+    perform pg_catalog.set_config('waly.dropped_objects', '', true);
+  end if;
+  for cmd in select * from pg_catalog.pg_event_trigger_ddl_commands() loop
+    continue when not waly.is_application_command(cmd.schema_name, cmd.in_extension, cmd.object_type,
+                                                  cmd.object_identity, cmd.objid);
+    recorded := true;
+    if object is null and cmd.command_tag = tg_tag then
+      object := cmd.object_identity;
+    end if;
+    if cmd.classid = 'pg_catalog.pg_class'::pg_catalog.regclass and not cmd.objid = any (relations) then
+      relations := relations || cmd.objid;
+    end if;
+  end loop;
+  if not recorded and dropped is null then
+    return;
+  end if;
+
+  perform waly.spill_capture();
+  insert into waly.capture (kind, ddl_tag, ddl_object, ddl_query)
+  values ('ddl', tg_tag, coalesce(object, dropped), pg_catalog.current_query());
+
+  foreach rel in array relations loop
+    perform waly.ensure_capture(rel);
+    perform waly.refresh_owned_sequences(rel);
+    -- CREATE TABLE AS and SELECT INTO fill the table before it has a trigger: record its rows as inserts,
+    -- after the DDL row. Replay runs the DDL, empties the table, then applies these.
+    if tg_tag in ('CREATE TABLE AS', 'SELECT INTO') and waly.is_application_table(rel) then
+      perform waly.note_sequence_table(rel);
+      execute pg_catalog.format(
+        'insert into waly.capture (kind, schema_name, table_name, new_row) '
+        'select ''insert'', n.nspname, c.relname, pg_catalog.to_jsonb(t) from %s t, pg_catalog.pg_class c '
+        'join pg_catalog.pg_namespace n on n.oid = c.relnamespace where c.oid = %s',
+        rel::pg_catalog.regclass, rel);
+    end if;
+  end loop;
+end
+$$;
+
+-- The calling transaction's changes, in order, for the commit protocol (consume = true): the table's rows
+-- (when the buffer spilled or DDL ran; deleted as they are returned when consuming), then the buffer as one
+-- row of kind 'lines', then the positions of the sequences owned by tables that had inserts or a TRUNCATE.
+-- Row columns as waly.capture's, as text: seq, kind, schema_name, table_name, pk, old_row, new_row, ddl_tag,
+-- ddl_object, ddl_query.
+create or replace function waly.read_changes(consume boolean)
+returns table (seq bigint, kind text, schema_name text, table_name text, pk text, old_row text,
+               new_row text, ddl_tag text, ddl_object text, ddl_query text)
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+#variable_conflict use_column
+declare
+  head text := pg_current_xact_id_if_assigned()::text || E'\n';
+  buf text;
+  tables text;
+  last bigint := 0;
+begin
+  -- A transaction without an id wrote nothing (and may be read-only, where a delete would fail).
+  if head is null then
+    return;
+  end if;
+  if starts_with(current_setting('waly.capture_spilled', true), head) then
+    select coalesce(max(c.seq), 0) into last from waly.capture c where c.txid = pg_current_xact_id();
+    if consume then
+      return query
+        with taken as (
+          delete from waly.capture c where c.txid = pg_current_xact_id() returning c.*
+        )
+        select t.seq, t.kind, t.schema_name, t.table_name, t.pk::text, t.old_row::text, t.new_row::text,
+               t.ddl_tag, t.ddl_object, t.ddl_query
+        from taken t order by t.seq;
+    else
+      return query
+        select t.seq, t.kind, t.schema_name, t.table_name, t.pk::text, t.old_row::text, t.new_row::text,
+               t.ddl_tag, t.ddl_object, t.ddl_query
+        from waly.capture t where t.txid = pg_current_xact_id() order by t.seq;
+    end if;
+  end if;
+  buf := current_setting('waly.capture', true);
+  if starts_with(buf, head) and octet_length(buf) > octet_length(head) then
+    last := last + 1;
+    return query select last, 'lines'::text, null::text, null::text, null::text, null::text, null::text,
+                        null::text, null::text, substr(buf, length(head) + 1);
+  end if;
+  tables := current_setting('waly.capture_tables', true);
+  if consume then
+    -- Taken: a second read in this transaction starts from here.
+    perform set_config('waly.capture', head, true);
+    perform set_config('waly.capture_spilled', '', true);
+    perform set_config('waly.capture_tables', '', true);
+  end if;
+  if starts_with(tables, head) then
+    return query
+      select last + row_number() over (order by q.nspname, q.relname), 'sequence'::text, q.nspname::text,
+             q.relname::text, null::text, null::text, waly.sequence_state(s.oid)::text, null::text,
+             null::text, null::text
+      from (select distinct u.oid
+            from unnest(string_to_array(rtrim(substr(tables, length(head) + 1), E'\n'), E'\n')::oid[]) as t(oid)
+            join waly.owned_sequences o on o.table_oid = t.oid
+            cross join lateral unnest(o.sequences) as u(oid)) as s
+      cross join lateral (select n.nspname, c.relname
+                          from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                          where c.oid = s.oid offset 0) as q
+      order by q.nspname, q.relname;
+  end if;
+end
+$$;
+
+comment on function waly.read_changes(boolean) is
+  'The calling transaction''s changes for the commit protocol: table rows, then the buffer (kind lines), then sequence positions.';
+
+-- The lines of a buffer as capture rows, for people and tests reading the capture in SQL.
+create or replace function waly.capture_lines(lines text)
+returns table (n bigint, kind text, schema_name text, table_name text, pk jsonb, old_row jsonb, new_row jsonb)
+language sql immutable as $$
+  select l.n, j ->> 0, j ->> 1, j ->> 2,
+         case when jsonb_typeof(j -> 3) = 'array' then
+           (select jsonb_object_agg(k, coalesce(nullif(j -> 5, 'null'), j -> 4) -> k)
+            from jsonb_array_elements_text(j -> 3) as k)
+         end,
+         nullif(j -> 4, 'null'), nullif(j -> 5, 'null')
+  from regexp_split_to_table(rtrim(lines, E'\n'), E'\n') with ordinality as l(line, n)
+  cross join lateral (select l.line::jsonb as j) as parsed
+$$;
+
+-- read_changes() with the buffer's lines expanded into rows of waly.capture's shape, for people and tests:
+-- take_capture() consumes them as the commit protocol does (the shape it always had), peek_capture() only
+-- looks. The commit protocol reads read_changes(true), which leaves parsing the lines to waly.
+create or replace function waly.expand_changes(consume boolean) returns setof waly.capture
+language sql volatile as $$
+  select pg_catalog.pg_current_xact_id(),
+         pg_catalog.row_number() over (order by c.seq, e.n),
+         coalesce(e.kind, c.kind), coalesce(e.schema_name, c.schema_name), coalesce(e.table_name, c.table_name),
+         coalesce(e.pk, c.pk::jsonb), coalesce(e.old_row, c.old_row::jsonb), coalesce(e.new_row, c.new_row::jsonb),
+         c.ddl_tag, c.ddl_object, case when c.kind = 'lines' then null else c.ddl_query end
+  from waly.read_changes(consume) as c
+  left join lateral waly.capture_lines(case when c.kind = 'lines' then c.ddl_query end) as e on true
+  order by c.seq, e.n
+$$;
+
+create or replace function waly.take_capture() returns setof waly.capture
+language sql volatile as $$ select * from waly.expand_changes(true) $$;
+
+create or replace function waly.peek_capture() returns setof waly.capture
+language sql volatile as $$ select * from waly.expand_changes(false) $$;
+
+select waly.ensure_capture_all();
