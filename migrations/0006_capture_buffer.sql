@@ -10,7 +10,7 @@
 -- the transaction id, so a value left over from elsewhere (a session-level SET) is ignored, never logged.
 --
 -- waly.capture the table remains, for what must outlive or interleave with the buffer:
---   * kind 'lines': the buffer spilled when it grows past 32 kB (large transactions would otherwise copy it
+--   * kind 'lines': the buffer spilled when it grows past 8 kB (large transactions would otherwise copy it
 --     at every change), with the lines in ddl_query;
 --   * DDL and TRUNCATE rows (and the rows CREATE TABLE AS filled), written after spilling the buffer, so
 --     the table's rows (by seq) followed by the buffer are the transaction's changes in order;
@@ -72,6 +72,7 @@ declare
     and pg_catalog.current_setting('intervalstyle') = 'postgres';
   head text := pg_catalog.pg_current_xact_id()::text || E'\n';
   buf text := pg_catalog.current_setting('waly.capture', true);
+  tables text;
   line text := pg_catalog.to_json(TG_TABLE_SCHEMA)::text || ',' || pg_catalog.to_json(TG_TABLE_NAME)::text
                || ',' || coalesce(TG_ARGV[0], 'null') || ',';
 begin
@@ -81,7 +82,13 @@ begin
   if TG_OP = 'INSERT' then
     line := '["insert",' || line || 'null,'
       || case when exact then pg_catalog.row_to_json(NEW)::text else waly.exact_json(NEW) end || E']\n';
-    perform waly.note_sequence_table(TG_RELID);
+    -- waly.note_sequence_table(TG_RELID), inline: this runs for every inserted row.
+    tables := pg_catalog.current_setting('waly.capture_tables', true);
+    if tables is null or not pg_catalog.starts_with(tables, head) then
+      perform pg_catalog.set_config('waly.capture_tables', head || TG_RELID::text || E'\n', true);
+    elsif pg_catalog.strpos(tables, E'\n' || TG_RELID::text || E'\n') = 0 then
+      perform pg_catalog.set_config('waly.capture_tables', tables || TG_RELID::text || E'\n', true);
+    end if;
   elsif TG_OP = 'UPDATE' then
     line := '["update",' || line
       || case when exact then pg_catalog.row_to_json(OLD)::text else waly.exact_json(OLD) end || ','
@@ -91,7 +98,7 @@ begin
       || case when exact then pg_catalog.row_to_json(OLD)::text else waly.exact_json(OLD) end || E',null]\n';
   end if;
   perform pg_catalog.set_config('waly.capture', buf || line, true);
-  if pg_catalog.octet_length(buf) + pg_catalog.octet_length(line) > 32768 then
+  if pg_catalog.octet_length(buf) + pg_catalog.octet_length(line) > 8192 then
     perform waly.spill_capture();
   end if;
   return null;
