@@ -5,9 +5,9 @@
 -- tuples it leaves cost Postgres more CPU than the application's own statements in a short transaction.
 --
 -- Now the trigger appends one line of JSON per change to a transaction-local setting, waly.capture
--- (set_config(..., true)): it vanishes with the transaction, and a ROLLBACK TO SAVEPOINT restores the value
--- it had at the savepoint, exactly as the rows under that savepoint are undone. The buffer's first line is
--- the transaction id, so a value left over from elsewhere (a session-level SET) is ignored, never logged.
+-- (set_config(..., true)): it vanishes with the transaction (PREPARE TRANSACTION included), and a ROLLBACK
+-- TO SAVEPOINT restores the value it had at the savepoint, exactly as the rows under that savepoint are
+-- undone. waly refuses SET/RESET of waly.* and RESET ALL where they could empty it (see the README).
 --
 -- waly.capture the table remains, for what must outlive or interleave with the buffer:
 --   * kind 'lines': the buffer spilled when it grows past 8 kB (large transactions would otherwise copy it
@@ -16,9 +16,18 @@
 --     the table's rows (by seq) followed by the buffer are the transaction's changes in order;
 --   * the capture of statements that commit on their own (CREATE INDEX CONCURRENTLY), which the buffer
 --     would lose.
+-- waly.capture_spilled is 'on' once the table holds rows of the transaction; waly.capture_tables lists
+-- (one oid per line) the tables that had inserts or a TRUNCATE, whose sequences' positions go into the
+-- record.
 -- A line is a JSON array: [kind, schema, table, primary-key columns (array or null), old image, new image],
 -- images by row_to_json (columns in table order; json values kept as written). waly computes the primary
 -- key from the image and the key columns.
+--
+-- The trigger is written for speed: assignments instead of PERFORM (which runs a query), one concat().
+
+-- waly's own DDL below (a GRANT, the recreated triggers) is not the application's.
+alter event trigger waly_capture_ddl disable;
+alter event trigger waly_capture_drop disable;
 
 -- The trigger's argument is now the primary-key columns as one JSON array (none without a primary key).
 create or replace function waly.primary_key_argument(rel oid) returns text
@@ -36,31 +45,26 @@ as $$ select pg_catalog.row_to_json(r)::text $$;
 create or replace function waly.spill_capture() returns void
 language plpgsql as $$
 declare
-  head text := pg_catalog.pg_current_xact_id()::text || E'\n';
   buf text := pg_catalog.current_setting('waly.capture', true);
 begin
-  perform pg_catalog.set_config('waly.capture_spilled', head, true);
-  if buf is null or not pg_catalog.starts_with(buf, head) or pg_catalog.octet_length(buf) = pg_catalog.octet_length(head) then
-    return;
+  if buf <> '' then
+    insert into waly.capture (kind, ddl_query) values ('lines', buf);
+    buf := pg_catalog.set_config('waly.capture', '', true);
   end if;
-  insert into waly.capture (kind, ddl_query)
-  values ('lines', pg_catalog.substr(buf, pg_catalog.length(head) + 1));
-  perform pg_catalog.set_config('waly.capture', head, true);
+  buf := pg_catalog.set_config('waly.capture_spilled', 'on', true);
 end
 $$;
 
--- Notes that a table had inserts (or a TRUNCATE) in this transaction: its sequences' positions go into
--- the record.
+-- Notes that a table had inserts (or a TRUNCATE) in this transaction.
 create or replace function waly.note_sequence_table(rel oid) returns void
 language plpgsql as $$
 declare
-  head text := pg_catalog.pg_current_xact_id()::text || E'\n';
   tables text := pg_catalog.current_setting('waly.capture_tables', true);
 begin
-  if tables is null or not pg_catalog.starts_with(tables, head) then
-    perform pg_catalog.set_config('waly.capture_tables', head || rel::text || E'\n', true);
+  if tables is null or tables = '' then
+    tables := pg_catalog.set_config('waly.capture_tables', E'\n' || rel::text || E'\n', true);
   elsif pg_catalog.strpos(tables, E'\n' || rel::text || E'\n') = 0 then
-    perform pg_catalog.set_config('waly.capture_tables', tables || rel::text || E'\n', true);
+    tables := pg_catalog.set_config('waly.capture_tables', tables || rel::text || E'\n', true);
   end if;
 end
 $$;
@@ -70,36 +74,37 @@ language plpgsql as $$
 declare
   exact boolean := pg_catalog.current_setting('extra_float_digits')::int4 >= 1
     and pg_catalog.current_setting('intervalstyle') = 'postgres';
-  head text := pg_catalog.pg_current_xact_id()::text || E'\n';
   buf text := pg_catalog.current_setting('waly.capture', true);
   tables text;
-  line text := pg_catalog.to_json(TG_TABLE_SCHEMA)::text || ',' || pg_catalog.to_json(TG_TABLE_NAME)::text
-               || ',' || coalesce(TG_ARGV[0], 'null') || ',';
+  line text;
 begin
-  if buf is null or not pg_catalog.starts_with(buf, head) then
-    buf := head;
-  end if;
   if TG_OP = 'INSERT' then
-    line := '["insert",' || line || 'null,'
-      || case when exact then pg_catalog.row_to_json(NEW)::text else waly.exact_json(NEW) end || E']\n';
+    line := pg_catalog.concat('["insert",', pg_catalog.to_json(TG_TABLE_SCHEMA)::text, ',',
+      pg_catalog.to_json(TG_TABLE_NAME)::text, ',', coalesce(TG_ARGV[0], 'null'), ',null,',
+      case when exact then pg_catalog.row_to_json(NEW)::text else waly.exact_json(NEW) end, E']\n');
     -- waly.note_sequence_table(TG_RELID), inline: this runs for every inserted row.
     tables := pg_catalog.current_setting('waly.capture_tables', true);
-    if tables is null or not pg_catalog.starts_with(tables, head) then
-      perform pg_catalog.set_config('waly.capture_tables', head || TG_RELID::text || E'\n', true);
+    if tables is null or tables = '' then
+      tables := pg_catalog.set_config('waly.capture_tables', E'\n' || TG_RELID::text || E'\n', true);
     elsif pg_catalog.strpos(tables, E'\n' || TG_RELID::text || E'\n') = 0 then
-      perform pg_catalog.set_config('waly.capture_tables', tables || TG_RELID::text || E'\n', true);
+      tables := pg_catalog.set_config('waly.capture_tables', tables || TG_RELID::text || E'\n', true);
     end if;
   elsif TG_OP = 'UPDATE' then
-    line := '["update",' || line
-      || case when exact then pg_catalog.row_to_json(OLD)::text else waly.exact_json(OLD) end || ','
-      || case when exact then pg_catalog.row_to_json(NEW)::text else waly.exact_json(NEW) end || E']\n';
+    line := pg_catalog.concat('["update",', pg_catalog.to_json(TG_TABLE_SCHEMA)::text, ',',
+      pg_catalog.to_json(TG_TABLE_NAME)::text, ',', coalesce(TG_ARGV[0], 'null'), ',',
+      case when exact then pg_catalog.row_to_json(OLD)::text else waly.exact_json(OLD) end, ',',
+      case when exact then pg_catalog.row_to_json(NEW)::text else waly.exact_json(NEW) end, E']\n');
   else
-    line := '["delete",' || line
-      || case when exact then pg_catalog.row_to_json(OLD)::text else waly.exact_json(OLD) end || E',null]\n';
+    line := pg_catalog.concat('["delete",', pg_catalog.to_json(TG_TABLE_SCHEMA)::text, ',',
+      pg_catalog.to_json(TG_TABLE_NAME)::text, ',', coalesce(TG_ARGV[0], 'null'), ',',
+      case when exact then pg_catalog.row_to_json(OLD)::text else waly.exact_json(OLD) end, E',null]\n');
   end if;
-  perform pg_catalog.set_config('waly.capture', buf || line, true);
-  if pg_catalog.octet_length(buf) + pg_catalog.octet_length(line) > 8192 then
-    perform waly.spill_capture();
+  buf := pg_catalog.set_config('waly.capture', pg_catalog.concat(buf, line), true);
+  if pg_catalog.octet_length(buf) > 8192 then
+    -- waly.spill_capture(), inline.
+    insert into waly.capture (kind, ddl_query) values ('lines', buf);
+    buf := pg_catalog.set_config('waly.capture', '', true);
+    buf := pg_catalog.set_config('waly.capture_spilled', 'on', true);
   end if;
   return null;
 end
@@ -212,32 +217,55 @@ begin
 end
 $$;
 
--- The calling transaction's changes, in order, for the commit protocol (consume = true): the table's rows
--- (when the buffer spilled or DDL ran; deleted as they are returned when consuming), then the buffer as one
--- row of kind 'lines', then the positions of the sequences owned by tables that had inserts or a TRUNCATE.
--- Row columns as waly.capture's, as text: seq, kind, schema_name, table_name, pk, old_row, new_row, ddl_tag,
--- ddl_object, ddl_query.
+-- Where the sequences owned by `tables` (oids, one per line, as waly.capture_tables holds them) stand: a
+-- JSON array of {schema, name, last_value, is_called}, or null when they own none. The commit protocol
+-- reads it with the buffer in one query.
+create or replace function waly.sequence_positions(tables text) returns text
+language plpgsql volatile as $$
+begin
+  return (
+    select pg_catalog.json_agg(pg_catalog.json_build_object(
+             'schema', q.nspname, 'name', q.relname,
+             'last_value', (p.state ->> 'last_value')::int8, 'is_called', (p.state ->> 'is_called')::bool)
+           order by q.nspname, q.relname)::text
+    from (select distinct u.oid
+          from pg_catalog.unnest(pg_catalog.string_to_array(pg_catalog.btrim(tables, E'\n'), E'\n')::oid[]) as t(oid)
+          join waly.owned_sequences o on o.table_oid = t.oid
+          cross join lateral pg_catalog.unnest(o.sequences) as u(oid)) as s
+    cross join lateral (select n.nspname, c.relname
+                        from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+                        where c.oid = s.oid offset 0) as q
+    cross join lateral (select waly.sequence_state(s.oid) as state offset 0) as p);
+end
+$$;
+
+grant select on waly.owned_sequences to public;
+
+-- Everything the transaction captured, in order, as rows of waly.capture's columns in text: the table's
+-- rows (when the buffer spilled or DDL ran; deleted as they are returned when consuming), then the buffer
+-- as one row of kind 'lines', then one row of kind 'sequence' per position (new_row holds
+-- {last_value, is_called}). The commit protocol reads the buffer and the positions directly when nothing
+-- spilled, and this when something did.
 create or replace function waly.read_changes(consume boolean)
 returns table (seq bigint, kind text, schema_name text, table_name text, pk text, old_row text,
                new_row text, ddl_tag text, ddl_object text, ddl_query text)
-language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+language plpgsql volatile as $$
 #variable_conflict use_column
 declare
-  head text := pg_current_xact_id_if_assigned()::text || E'\n';
   buf text;
   tables text;
   last bigint := 0;
 begin
   -- A transaction without an id wrote nothing (and may be read-only, where a delete would fail).
-  if head is null then
+  if pg_catalog.pg_current_xact_id_if_assigned() is null then
     return;
   end if;
-  if starts_with(current_setting('waly.capture_spilled', true), head) then
-    select coalesce(max(c.seq), 0) into last from waly.capture c where c.txid = pg_current_xact_id();
+  if pg_catalog.current_setting('waly.capture_spilled', true) = 'on' then
+    select coalesce(max(c.seq), 0) into last from waly.capture c where c.txid = pg_catalog.pg_current_xact_id();
     if consume then
       return query
         with taken as (
-          delete from waly.capture c where c.txid = pg_current_xact_id() returning c.*
+          delete from waly.capture c where c.txid = pg_catalog.pg_current_xact_id() returning c.*
         )
         select t.seq, t.kind, t.schema_name, t.table_name, t.pk::text, t.old_row::text, t.new_row::text,
                t.ddl_tag, t.ddl_object, t.ddl_query
@@ -246,41 +274,34 @@ begin
       return query
         select t.seq, t.kind, t.schema_name, t.table_name, t.pk::text, t.old_row::text, t.new_row::text,
                t.ddl_tag, t.ddl_object, t.ddl_query
-        from waly.capture t where t.txid = pg_current_xact_id() order by t.seq;
+        from waly.capture t where t.txid = pg_catalog.pg_current_xact_id() order by t.seq;
     end if;
   end if;
-  buf := current_setting('waly.capture', true);
-  if starts_with(buf, head) and octet_length(buf) > octet_length(head) then
+  buf := pg_catalog.current_setting('waly.capture', true);
+  if buf <> '' then
     last := last + 1;
     return query select last, 'lines'::text, null::text, null::text, null::text, null::text, null::text,
-                        null::text, null::text, substr(buf, length(head) + 1);
+                        null::text, null::text, buf;
   end if;
-  tables := current_setting('waly.capture_tables', true);
+  tables := pg_catalog.current_setting('waly.capture_tables', true);
   if consume then
     -- Taken: a second read in this transaction starts from here.
-    perform set_config('waly.capture', head, true);
-    perform set_config('waly.capture_spilled', '', true);
-    perform set_config('waly.capture_tables', '', true);
+    buf := pg_catalog.set_config('waly.capture', '', true);
+    buf := pg_catalog.set_config('waly.capture_spilled', '', true);
+    buf := pg_catalog.set_config('waly.capture_tables', '', true);
   end if;
-  if starts_with(tables, head) then
+  if tables <> '' then
     return query
-      select last + row_number() over (order by q.nspname, q.relname), 'sequence'::text, q.nspname::text,
-             q.relname::text, null::text, null::text, waly.sequence_state(s.oid)::text, null::text,
-             null::text, null::text
-      from (select distinct u.oid
-            from unnest(string_to_array(rtrim(substr(tables, length(head) + 1), E'\n'), E'\n')::oid[]) as t(oid)
-            join waly.owned_sequences o on o.table_oid = t.oid
-            cross join lateral unnest(o.sequences) as u(oid)) as s
-      cross join lateral (select n.nspname, c.relname
-                          from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                          where c.oid = s.oid offset 0) as q
-      order by q.nspname, q.relname;
+      select last + p.n, 'sequence'::text, p.e ->> 'schema', p.e ->> 'name', null::text, null::text,
+             pg_catalog.json_build_object('last_value', (p.e -> 'last_value'), 'is_called', (p.e -> 'is_called'))::text,
+             null::text, null::text, null::text
+      from pg_catalog.json_array_elements(waly.sequence_positions(tables)::json) with ordinality as p(e, n);
   end if;
 end
 $$;
 
 comment on function waly.read_changes(boolean) is
-  'The calling transaction''s changes for the commit protocol: table rows, then the buffer (kind lines), then sequence positions.';
+  'The calling transaction''s changes: table rows, then the buffer (kind lines), then sequence positions.';
 
 -- The lines of a buffer as capture rows, for people and tests reading the capture in SQL.
 create or replace function waly.capture_lines(lines text)
@@ -318,3 +339,6 @@ create or replace function waly.peek_capture() returns setof waly.capture
 language sql volatile as $$ select * from waly.expand_changes(false) $$;
 
 select waly.ensure_capture_all();
+
+alter event trigger waly_capture_ddl enable;
+alter event trigger waly_capture_drop enable;

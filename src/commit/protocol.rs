@@ -6,7 +6,8 @@ use super::backend::{Backend, BackendLost, Reply, ServerError};
 use crate::log::{Log, Position};
 use crate::operations::Matcher;
 use crate::record::{
-    CAPTURE_COLUMNS, FORMAT_VERSION, Record, SessionInfo, Statement, changes_from_capture_text,
+    CAPTURE_COLUMNS, FORMAT_VERSION, Record, SessionInfo, Statement, changes_from_buffer,
+    changes_from_capture_text,
 };
 use crate::wire::{PgError, SqlState};
 
@@ -43,15 +44,21 @@ pub enum Failure {
     },
 }
 
-/// The first round trip: fire deferred constraints, learn the transaction id and time, take the capture.
-static CAPTURE_QUERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "SET CONSTRAINTS ALL IMMEDIATE; \
-         SELECT pg_current_xact_id_if_assigned()::text, \
-                to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'); \
-         SELECT {CAPTURE_COLUMNS} FROM waly.read_changes(true)"
-    )
-});
+/// The first round trip: fire deferred constraints, learn the transaction id and time, and read the capture
+/// buffer (`migrations/0006_capture_buffer.sql`) with the positions of the sequences its inserts may have
+/// advanced. Plain SQL, no function call unless the transaction inserted: this runs at every commit.
+const CAPTURE_QUERY: &str = "SET CONSTRAINTS ALL IMMEDIATE; \
+     SELECT pg_current_xact_id_if_assigned()::text, \
+            to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+            current_setting('waly.capture', true), \
+            current_setting('waly.capture_spilled', true), \
+            CASE WHEN current_setting('waly.capture_tables', true) <> '' \
+                 THEN waly.sequence_positions(current_setting('waly.capture_tables', true)) END";
+
+/// When the buffer spilled into `waly.capture` (a large transaction, DDL, TRUNCATE): everything, in order,
+/// taken from the table and the buffer.
+static SPILLED_QUERY: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("SELECT {CAPTURE_COLUMNS} FROM waly.read_changes(true)"));
 
 /// Commits the transaction open on `backend` through the log. `statements` are the client's write
 /// statements in this transaction; `boot` is this process's gid token (see [`super::gid`]); `matcher`
@@ -67,25 +74,34 @@ pub async fn commit(
     boot: &str,
     matcher: &mut Matcher,
 ) -> Result<Outcome, Lost> {
-    let reply = backend.query(&CAPTURE_QUERY).await.map_err(Lost::nothing)?;
+    let reply = backend.query(CAPTURE_QUERY).await.map_err(Lost::nothing)?;
     if let Some(error) = reply.error {
         // A deferred constraint failed: that is the COMMIT's error, and the transaction is over.
         rollback(backend, "ROLLBACK").await?;
         return Ok(Outcome::Failed(Failure::Postgres { error, hint: None }));
     }
-    let (txid, committed_at) = identity(&reply);
-    let capture = reply
-        .results
-        .into_iter()
-        .nth(2)
-        .map(|r| r.rows)
-        .unwrap_or_default();
-    let Some(txid) = txid.filter(|_| !capture.is_empty()) else {
-        // Read-only, or wrote nothing waly captures (row locks, temporary tables): nothing to log.
+    let captured = Captured::from_reply(reply);
+    let Some(txid) = captured.txid.clone() else {
+        // Read-only, or wrote nothing at all.
         return plain_commit(backend).await;
     };
-
-    let changes = match changes_from_capture_text(&capture) {
+    let read = if captured.spilled {
+        let reply = backend.query(&SPILLED_QUERY).await.map_err(Lost::nothing)?;
+        if let Some(error) = reply.error {
+            rollback(backend, "ROLLBACK").await?;
+            return Ok(Outcome::Failed(Failure::Postgres { error, hint: None }));
+        }
+        let rows = reply
+            .results
+            .into_iter()
+            .next()
+            .map(|r| r.rows)
+            .unwrap_or_default();
+        changes_from_capture_text(&rows)
+    } else {
+        changes_from_buffer(&captured.buffer, captured.sequences.as_deref())
+    };
+    let changes = match read {
         Ok(changes) => changes,
         Err(e) => {
             rollback(backend, "ROLLBACK").await?;
@@ -98,6 +114,11 @@ pub async fn commit(
             )));
         }
     };
+    if changes.is_empty() {
+        // Wrote nothing waly captures (row locks, temporary tables): nothing to log.
+        return plain_commit(backend).await;
+    }
+    let committed_at = captured.committed_at;
     let operations = match matcher.recognize(&statements, &changes) {
         Ok(operations) => operations,
         Err(error) => {
@@ -232,13 +253,37 @@ impl Lost {
     }
 }
 
-fn identity(reply: &Reply) -> (Option<String>, String) {
-    let row = reply.results.get(1).and_then(|r| r.rows.first());
-    let txid = row.and_then(|r| r.first().cloned().flatten());
-    let at = row
-        .and_then(|r| r.get(1).cloned().flatten())
-        .unwrap_or_default();
-    (txid, at)
+/// What the capture query answered.
+struct Captured {
+    /// `None` when the transaction has no id: it wrote nothing.
+    txid: Option<String>,
+    committed_at: String,
+    /// The buffer's lines (empty when it holds none).
+    buffer: String,
+    /// True when part of the capture is in the `waly.capture` table.
+    spilled: bool,
+    /// `waly.sequence_positions()`'s JSON array, when the transaction inserted into tables owning some.
+    sequences: Option<String>,
+}
+
+impl Captured {
+    fn from_reply(reply: Reply) -> Captured {
+        let mut row = reply
+            .results
+            .into_iter()
+            .nth(1)
+            .and_then(|r| r.rows.into_iter().next())
+            .unwrap_or_default()
+            .into_iter();
+        let mut next = || row.next().flatten();
+        Captured {
+            txid: next(),
+            committed_at: next().unwrap_or_default(),
+            buffer: next().unwrap_or_default(),
+            spilled: next().as_deref() == Some("on"),
+            sequences: next(),
+        }
+    }
 }
 
 async fn plain_commit(backend: &mut impl Backend) -> Result<Outcome, Lost> {

@@ -54,6 +54,47 @@ pub fn changes_from_capture_text(rows: &[Vec<Option<String>>]) -> Result<Vec<Cha
     Ok(changes)
 }
 
+/// The changes of a transaction whose capture stayed in its buffer: `lines` (the buffer, as
+/// `current_setting('waly.capture')` gives it) and `sequences` (`waly.sequence_positions()`: a JSON array of
+/// `{schema, name, last_value, is_called}`, or `None`).
+pub fn changes_from_buffer(
+    lines: &str,
+    sequences: Option<&str>,
+) -> Result<Vec<Change>, RecordError> {
+    let mut changes = Vec::new();
+    push_lines("buffer", lines, &mut changes)?;
+    if let Some(sequences) = sequences {
+        let positions: Vec<NamedPosition> = serde_json::from_str(sequences)
+            .map_err(|e| invalid("sequences", format!("not a list of positions: {e}")))?;
+        for p in positions {
+            let fields = ChangeFields {
+                kind: "sequence".into(),
+                schema: Some(p.schema),
+                table: None,
+                pk: None,
+                old: None,
+                new: None,
+                tag: None,
+                object: None,
+                sql: None,
+                name: Some(p.name),
+                last_value: Some(p.last_value),
+                is_called: Some(p.is_called),
+            };
+            changes.push(Change::try_from(fields).map_err(|r| invalid("sequences", r))?);
+        }
+    }
+    Ok(changes)
+}
+
+#[derive(serde::Deserialize)]
+struct NamedPosition {
+    schema: String,
+    name: String,
+    last_value: i64,
+    is_called: bool,
+}
+
 /// One capture row's changes: many for a row of kind `lines`, one otherwise.
 fn push_changes(
     seq: &str,
@@ -64,7 +105,10 @@ fn push_changes(
         changes.push(change(seq, columns)?);
         return Ok(());
     }
-    let lines = columns[8].unwrap_or_default();
+    push_lines(seq, columns[8].unwrap_or_default(), changes)
+}
+
+fn push_lines(seq: &str, lines: &str, changes: &mut Vec<Change>) -> Result<(), RecordError> {
     for (n, line) in lines.split('\n').filter(|l| !l.is_empty()).enumerate() {
         let at = format!("{seq}, line {}", n + 1);
         changes.push(line_change(&at, line)?);
@@ -457,5 +501,20 @@ mod tests {
             let e = changes_from_capture_text(&rows).unwrap_err();
             assert!(e.to_string().contains("7, line 1"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_buffer_and_sequence_positions_become_changes() {
+        let lines = "[\"insert\",\"public\",\"t\",[\"id\"],null,{\"id\":9,\"v\":\"x\"}]\n";
+        let sequences =
+            r#"[{"schema":"public","name":"t_id_seq","last_value":9,"is_called":true}]"#;
+        let changes = changes_from_buffer(lines, Some(sequences)).unwrap();
+        assert_eq!(changes.len(), 2);
+        let last = serde_json::to_value(&changes[1]).unwrap();
+        assert_eq!(last["kind"], "sequence");
+        assert_eq!(last["name"], "t_id_seq");
+        assert_eq!(last["last_value"], 9);
+        assert!(changes_from_buffer("", None).unwrap().is_empty());
+        assert!(changes_from_buffer(lines, Some("{}")).is_err());
     }
 }

@@ -10,7 +10,9 @@ mod capture;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-pub use capture::{CAPTURE_COLUMNS, changes_from_capture, changes_from_capture_text};
+pub use capture::{
+    CAPTURE_COLUMNS, changes_from_buffer, changes_from_capture, changes_from_capture_text,
+};
 
 /// A row image or key as JSON text, exactly as Postgres rendered it: never parsed into numbers, so a
 /// `1e-30` or a 30-digit numeric is carried digit for digit.
