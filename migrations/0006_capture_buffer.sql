@@ -303,6 +303,22 @@ $$;
 comment on function waly.read_changes(boolean) is
   'The calling transaction''s changes: table rows, then the buffer (kind lines), then sequence positions.';
 
+-- Raises SQLSTATE WA001 unless the transaction can be prepared in the commit protocol's first round trip:
+-- its capture is all in the buffer (nothing to read from the table first), it captured something (a
+-- transaction that did not is committed plainly), and the session never used temporary objects (PREPARE
+-- would refuse). The protocol runs it under a savepoint and, when it raises, rolls back to it and takes
+-- the long way.
+create or replace function waly.assert_preparable() returns void
+language plpgsql as $$
+begin
+  if coalesce(pg_catalog.current_setting('waly.capture', true), '') = ''
+     or pg_catalog.current_setting('waly.capture_spilled', true) = 'on'
+     or pg_catalog.pg_my_temp_schema() <> 0 then
+    raise exception 'waly: this transaction is not prepared in the first round trip' using errcode = 'WA001';
+  end if;
+end
+$$;
+
 -- The lines of a buffer as capture rows, for people and tests reading the capture in SQL.
 create or replace function waly.capture_lines(lines text)
 returns table (n bigint, kind text, schema_name text, table_name text, pk jsonb, old_row jsonb, new_row jsonb)

@@ -339,6 +339,74 @@ async fn statements_that_would_bypass_the_log_are_refused_clearly() {
     assert_eq!(prepared, 0);
 }
 
+/// Temporary tables: writes to them alone commit without a record; a session that has them still gets
+/// its logged writes logged (waly prepares those the long way, in a round trip of their own); a
+/// transaction that mixes both cannot be prepared and is refused with Postgres' error and waly's hint.
+#[tokio::test]
+async fn sessions_with_temporary_tables_keep_working() {
+    let s = Served::new("wp_temp");
+    let url = s.url();
+    psql(&url, "create table t (id int primary key, v text);");
+    let c = connect(&url).await;
+    let before = s.waly.log_end().await;
+    c.batch_execute("create temp table scratch (x int); insert into scratch values (1)")
+        .await
+        .unwrap();
+    c.batch_execute("begin; insert into scratch values (2); update scratch set x = x + 10; commit")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.waly.log_end().await,
+        before,
+        "temporary rows are not logged"
+    );
+    c.batch_execute("insert into t values (1, 'a')")
+        .await
+        .unwrap();
+    c.batch_execute("begin; update t set v = 'b' where id = 1; select * from t for update; commit")
+        .await
+        .unwrap();
+    assert_eq!(s.waly.log_end().await, before + 2);
+    let err = c
+        .batch_execute(
+            "begin; insert into scratch values (3); insert into t values (2, 'c'); commit",
+        )
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().expect("a Postgres error");
+    assert_eq!(db.code().code(), "0A000", "{db:?}");
+    assert!(db.hint().is_some_and(|h| h.contains("temporary")), "{db:?}");
+    assert_eq!(s.waly.log_end().await, before + 2, "nothing logged");
+    let rows: Vec<(i32, String)> = c
+        .query("select id, v from t order by id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, vec![(1, "b".to_owned())]);
+    let scratch: i64 = c
+        .query_one("select sum(x) from scratch", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        scratch,
+        11 + 12,
+        "the refused transaction's temporary row is gone too"
+    );
+    let prepared: i64 = c
+        .query_one(
+            "select count(*) from pg_prepared_xacts where database = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(prepared, 0);
+    s.assert_replay_equals_live();
+}
+
 /// A transaction's row changes wait for COMMIT in transaction-local settings (`waly.*`): RESET ALL and
 /// SET waly.* would discard them, so waly refuses them where a transaction is under way, and lets RESET
 /// ALL through where none is (connection pools run it between transactions).

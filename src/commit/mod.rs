@@ -12,6 +12,7 @@
 //! never decides *when* a transaction ends: that is the session's job.
 
 mod backend;
+mod capture;
 mod protocol;
 pub mod recovery;
 
@@ -22,9 +23,17 @@ pub use recovery::{Resolver, recover_at_start};
 /// The prefix of every global transaction identifier waly prepares; nothing else may use it.
 pub const GID_PREFIX: &str = "waly_";
 
-/// The gid of transaction `txid` prepared by the process `owner` (see [`owner_token`]).
-pub fn gid(owner: &str, txid: &str) -> String {
-    format!("{GID_PREFIX}{owner}_{txid}")
+/// The gid of the `n`th transaction prepared by the process `owner` (see [`owner_token`]).
+pub fn gid(owner: &str, n: &str) -> String {
+    format!("{GID_PREFIX}{owner}_{n}")
+}
+
+/// A number no other transaction of this process is prepared under: the gid is chosen before the
+/// transaction id is known (PREPARE goes in the same query that reads it).
+pub fn next_gid_number() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .to_string()
 }
 
 /// The token that names who prepared a transaction: the log it is recorded in (`log_id`, fixed for a

@@ -2,12 +2,13 @@
 
 use bytes::Bytes;
 
-use super::backend::{Backend, BackendLost, Reply, ServerError};
+use super::backend::{Backend, BackendLost, ServerError};
+use super::capture::{self, Captured};
 use crate::log::{Log, Position};
 use crate::operations::Matcher;
 use crate::record::{
-    CAPTURE_COLUMNS, FORMAT_VERSION, Record, SessionInfo, Statement, changes_from_buffer,
-    changes_from_capture_text,
+    CAPTURE_COLUMNS, FORMAT_VERSION, Record, RecordError, SessionInfo, Statement,
+    changes_from_buffer, changes_from_capture_text,
 };
 use crate::wire::{PgError, SqlState};
 
@@ -44,22 +45,6 @@ pub enum Failure {
     },
 }
 
-/// The first round trip: fire deferred constraints, learn the transaction id and time, and read the capture
-/// buffer (`migrations/0006_capture_buffer.sql`) with the positions of the sequences its inserts may have
-/// advanced. Plain SQL, no function call unless the transaction inserted: this runs at every commit.
-const CAPTURE_QUERY: &str = "SET CONSTRAINTS ALL IMMEDIATE; \
-     SELECT pg_current_xact_id_if_assigned()::text, \
-            to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
-            current_setting('waly.capture', true), \
-            current_setting('waly.capture_spilled', true), \
-            CASE WHEN current_setting('waly.capture_tables', true) <> '' \
-                 THEN waly.sequence_positions(current_setting('waly.capture_tables', true)) END";
-
-/// When the buffer spilled into `waly.capture` (a large transaction, DDL, TRUNCATE): everything, in order,
-/// taken from the table and the buffer.
-static SPILLED_QUERY: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("SELECT {CAPTURE_COLUMNS} FROM waly.read_changes(true)"));
-
 /// Commits the transaction open on `backend` through the log. `statements` are the client's write
 /// statements in this transaction; `boot` is this process's gid token (see [`super::gid`]); `matcher`
 /// recognises the transaction's domain operations, or refuses it.
@@ -74,64 +59,98 @@ pub async fn commit(
     boot: &str,
     matcher: &mut Matcher,
 ) -> Result<Outcome, Lost> {
-    let reply = backend.query(CAPTURE_QUERY).await.map_err(Lost::nothing)?;
-    if let Some(error) = reply.error {
-        // A deferred constraint failed: that is the COMMIT's error, and the transaction is over.
-        rollback(backend, "ROLLBACK").await?;
-        return Ok(Outcome::Failed(Failure::Postgres { error, hint: None }));
-    }
-    let captured = Captured::from_reply(reply);
-    let Some(txid) = captured.txid.clone() else {
-        // Read-only, or wrote nothing at all.
-        return plain_commit(backend).await;
-    };
-    let read = if captured.spilled {
-        let reply = backend.query(&SPILLED_QUERY).await.map_err(Lost::nothing)?;
-        if let Some(error) = reply.error {
+    let gid = super::gid(boot, &super::next_gid_number());
+    let reply = backend
+        .query(&capture::first_round_trip(&gid))
+        .await
+        .map_err(|e| Lost::resolve(e, &gid, false))?;
+    let mut prepared = true;
+    if let Some(error) = &reply.error {
+        if error.code() != capture::NOT_PREPARABLE {
+            // A deferred constraint failed (that is the COMMIT's error), or PREPARE did; either ends the
+            // transaction.
+            let error = error.clone();
+            if reply.status != b'I' {
+                rollback(backend, "ROLLBACK").await?;
+            }
+            let hint = prepare_hint(error.code());
+            return Ok(Outcome::Failed(Failure::Postgres { error, hint }));
+        }
+        let undone = backend
+            .query(capture::UNDO_CHECK)
+            .await
+            .map_err(Lost::nothing)?;
+        if let Some(error) = undone.error {
             rollback(backend, "ROLLBACK").await?;
             return Ok(Outcome::Failed(Failure::Postgres { error, hint: None }));
         }
-        let rows = reply
-            .results
-            .into_iter()
-            .next()
-            .map(|r| r.rows)
-            .unwrap_or_default();
-        changes_from_capture_text(&rows)
+        prepared = false;
+    }
+    // How to abandon the transaction from here on.
+    let abandon = if prepared {
+        format!("ROLLBACK PREPARED '{gid}'")
     } else {
-        changes_from_buffer(&captured.buffer, captured.sequences.as_deref())
+        "ROLLBACK".to_owned()
+    };
+    let captured = Captured::from_reply(reply);
+    let read = match (&captured.txid, captured.spilled, prepared) {
+        // Read-only, or wrote nothing at all (never prepared: the check wants a non-empty buffer).
+        (None, _, false) => return plain_commit(backend).await,
+        (Some(_), true, false) => {
+            let reply = backend
+                .query(&capture::SPILLED_QUERY)
+                .await
+                .map_err(Lost::nothing)?;
+            if let Some(error) = reply.error {
+                rollback(backend, "ROLLBACK").await?;
+                return Ok(Outcome::Failed(Failure::Postgres { error, hint: None }));
+            }
+            let rows = reply
+                .results
+                .into_iter()
+                .next()
+                .map(|r| r.rows)
+                .unwrap_or_default();
+            changes_from_capture_text(&rows)
+        }
+        (Some(_), false, _) => changes_from_buffer(&captured.buffer, captured.sequences.as_deref()),
+        // The check passed although the transaction has no id or spilled: never taken as written.
+        (None, _, true) | (Some(_), true, true) => Ok(Vec::new()),
     };
     let changes = match read {
         Ok(changes) => changes,
         Err(e) => {
-            rollback(backend, "ROLLBACK").await?;
+            rollback(backend, &abandon).await?;
+            return Ok(Outcome::Failed(Failure::Waly(unreadable(&e))));
+        }
+    };
+    if changes.is_empty() {
+        if prepared {
+            rollback(backend, &abandon).await?;
             return Ok(Outcome::Failed(Failure::Waly(
                 PgError::error(
                     SqlState::INTERNAL_ERROR,
-                    format!("waly could not read this transaction's row changes: {e}"),
+                    "waly prepared a transaction whose row changes it could not read",
                 )
                 .with_detail("The transaction was rolled back; nothing was logged."),
             )));
         }
-    };
-    if changes.is_empty() {
         // Wrote nothing waly captures (row locks, temporary tables): nothing to log.
         return plain_commit(backend).await;
     }
-    let committed_at = captured.committed_at;
+    let txid = captured.txid.unwrap_or_default();
     let operations = match matcher.recognize(&statements, &changes) {
         Ok(operations) => operations,
         Err(error) => {
-            rollback(backend, "ROLLBACK").await?;
+            rollback(backend, &abandon).await?;
             return Ok(Outcome::Failed(Failure::Refused(error)));
         }
     };
-    let gid = super::gid(boot, &txid);
     let record = Record {
         format: FORMAT_VERSION,
         txid,
         gid: gid.clone(),
-        committed_at,
+        committed_at: captured.committed_at,
         session: session.clone(),
         statements,
         operations,
@@ -139,25 +158,19 @@ pub async fn commit(
     };
     let payload = Bytes::from(record.to_json());
 
-    let prepared = backend
-        .query(&format!("PREPARE TRANSACTION '{gid}'"))
-        .await
-        .map_err(|e| Lost::resolve(e, &gid, false))?;
-    if let Some(error) = prepared.error {
-        // A failed PREPARE rolls the transaction back.
-        let hint = match error.code() {
-            "0A000" => Some(
-                "waly commits logged transactions with PREPARE TRANSACTION, which Postgres refuses after temporary objects were used; keep temporary tables out of transactions that write logged tables.",
-            ),
-            "55000" => Some(
-                "waly needs prepared transactions: set max_prepared_transactions above 0 in postgresql.conf and restart Postgres.",
-            ),
-            _ => None,
-        };
-        if prepared.status != b'I' {
-            rollback(backend, "ROLLBACK").await?;
+    if !prepared {
+        let reply = backend
+            .query(&format!("PREPARE TRANSACTION '{gid}'"))
+            .await
+            .map_err(|e| Lost::resolve(e, &gid, false))?;
+        if let Some(error) = reply.error {
+            // A failed PREPARE rolls the transaction back.
+            if reply.status != b'I' {
+                rollback(backend, "ROLLBACK").await?;
+            }
+            let hint = prepare_hint(error.code());
+            return Ok(Outcome::Failed(Failure::Postgres { error, hint }));
         }
-        return Ok(Outcome::Failed(Failure::Postgres { error, hint }));
     }
 
     // Records the log acknowledged before this append was sent come before its record, if any.
@@ -253,37 +266,25 @@ impl Lost {
     }
 }
 
-/// What the capture query answered.
-struct Captured {
-    /// `None` when the transaction has no id: it wrote nothing.
-    txid: Option<String>,
-    committed_at: String,
-    /// The buffer's lines (empty when it holds none).
-    buffer: String,
-    /// True when part of the capture is in the `waly.capture` table.
-    spilled: bool,
-    /// `waly.sequence_positions()`'s JSON array, when the transaction inserted into tables owning some.
-    sequences: Option<String>,
+/// waly's hint for a failed PREPARE TRANSACTION.
+fn prepare_hint(code: &str) -> Option<&'static str> {
+    match code {
+        "0A000" => Some(
+            "waly commits logged transactions with PREPARE TRANSACTION, which Postgres refuses after temporary objects were used; keep temporary tables out of transactions that write logged tables.",
+        ),
+        "55000" => Some(
+            "waly needs prepared transactions: set max_prepared_transactions above 0 in postgresql.conf and restart Postgres.",
+        ),
+        _ => None,
+    }
 }
 
-impl Captured {
-    fn from_reply(reply: Reply) -> Captured {
-        let mut row = reply
-            .results
-            .into_iter()
-            .nth(1)
-            .and_then(|r| r.rows.into_iter().next())
-            .unwrap_or_default()
-            .into_iter();
-        let mut next = || row.next().flatten();
-        Captured {
-            txid: next(),
-            committed_at: next().unwrap_or_default(),
-            buffer: next().unwrap_or_default(),
-            spilled: next().as_deref() == Some("on"),
-            sequences: next(),
-        }
-    }
+fn unreadable(e: &RecordError) -> PgError {
+    PgError::error(
+        SqlState::INTERNAL_ERROR,
+        format!("waly could not read this transaction's row changes: {e}"),
+    )
+    .with_detail("The transaction was rolled back; nothing was logged.")
 }
 
 async fn plain_commit(backend: &mut impl Backend) -> Result<Outcome, Lost> {

@@ -1,0 +1,79 @@
+//! The commit protocol's first round trip: reading what the transaction captured, and preparing it in the
+//! same query when that is safe.
+//!
+//! The capture lives in the transaction's own settings (`migrations/0006_capture_buffer.sql`): the buffer
+//! of row-change lines, whether part of it spilled into the `waly.capture` table, and the tables whose
+//! sequences' positions belong in the record. One query reads them all, fires deferred constraints first,
+//! and, unless `waly.assert_preparable()` objects, ends with `PREPARE TRANSACTION`, so a transaction that
+//! wrote a few rows costs one round trip before its append instead of two.
+//!
+//! This module owns those queries and the reading of their answer; it never decides what to do with the
+//! transaction (that is [`super::protocol`]).
+
+use super::backend::Reply;
+use crate::record::CAPTURE_COLUMNS;
+
+/// The SQLSTATE `waly.assert_preparable()` raises when the transaction must take the long way.
+pub const NOT_PREPARABLE: &str = "WA001";
+
+/// Fires deferred constraints, then reads the transaction id, the commit time, the buffer, the spill flag
+/// and the sequence positions (`waly.sequence_positions()` is called only when the transaction inserted).
+const CAPTURE_QUERY: &str = "SET CONSTRAINTS ALL IMMEDIATE; \
+     SELECT pg_current_xact_id_if_assigned()::text, \
+            to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+            current_setting('waly.capture', true), \
+            current_setting('waly.capture_spilled', true), \
+            CASE WHEN current_setting('waly.capture_tables', true) <> '' \
+                 THEN waly.sequence_positions(current_setting('waly.capture_tables', true)) END";
+
+/// The first round trip: [`CAPTURE_QUERY`], then `PREPARE TRANSACTION gid` unless the check under the
+/// savepoint raises [`NOT_PREPARABLE`] (then the query stops there, and [`UNDO_CHECK`] puts the
+/// transaction back as it was before the check).
+pub fn first_round_trip(gid: &str) -> String {
+    format!(
+        "{CAPTURE_QUERY}; SAVEPOINT waly_prepare; SELECT waly.assert_preparable(); \
+         RELEASE SAVEPOINT waly_prepare; PREPARE TRANSACTION '{gid}'"
+    )
+}
+
+/// After [`NOT_PREPARABLE`]: the transaction as it was before the check, captured rows included.
+pub const UNDO_CHECK: &str = "ROLLBACK TO SAVEPOINT waly_prepare; RELEASE SAVEPOINT waly_prepare";
+
+/// When the buffer spilled into `waly.capture` (a large transaction, DDL, TRUNCATE): everything, in order,
+/// taken from the table and the buffer.
+pub static SPILLED_QUERY: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("SELECT {CAPTURE_COLUMNS} FROM waly.read_changes(true)"));
+
+/// What the first round trip read.
+pub struct Captured {
+    /// `None` when the transaction has no id: it wrote nothing.
+    pub txid: Option<String>,
+    pub committed_at: String,
+    /// The buffer's lines (empty when it holds none).
+    pub buffer: String,
+    /// True when part of the capture is in the `waly.capture` table.
+    pub spilled: bool,
+    /// `waly.sequence_positions()`'s JSON array, when the transaction inserted into tables owning some.
+    pub sequences: Option<String>,
+}
+
+impl Captured {
+    /// Reads the answer of [`first_round_trip`] (its second statement).
+    pub fn from_reply(reply: Reply) -> Captured {
+        let mut row = reply
+            .results
+            .into_iter()
+            .nth(1)
+            .and_then(|r| r.rows.into_iter().next())
+            .unwrap_or_default()
+            .into_iter();
+        let mut next = || row.next().flatten();
+        Captured {
+            txid: next(),
+            committed_at: next().unwrap_or_default(),
+            buffer: next().unwrap_or_default(),
+            spilled: next().as_deref() == Some("on"),
+            sequences: next(),
+        }
+    }
+}
