@@ -584,13 +584,27 @@ async fn a_transaction_pipelined_in_one_batch_is_logged_and_answered_like_postgr
         }
         c.send(&sync());
         flushed.extend(c.recv_until_ready(1));
-        shapes.push((whole, split, shape(&flushed)));
+        // One statement per batch, as pgbench -M prepared and JDBC send them: COMMIT alone before its
+        // Sync (waly answers that Sync itself), then a COMMIT that fails (a duplicate key).
+        let mut alone = Vec::new();
+        for sql in [
+            "begin".to_owned(),
+            "insert into t values (40)".to_owned(),
+            "commit".to_owned(),
+            "begin".to_owned(),
+            "insert into t values (40)".to_owned(),
+            "commit".to_owned(),
+        ] {
+            c.send(&[extended(&sql), sync()].concat());
+            alone.extend(c.recv_until_ready(1));
+        }
+        shapes.push((whole, split, shape(&flushed), shape(&alone)));
     }
     assert_eq!(shapes[0], shapes[1], "direct vs waly");
     let records = s.waly.records().await;
     assert_eq!(
         inserts_into(&records, "t"),
-        6,
+        7,
         "every committed row is logged"
     );
     s.assert_replay_equals_live();

@@ -988,6 +988,12 @@ where
                 }
                 if last {
                     self.ready(b, b'I');
+                } else if self.flow.pieces.front().is_some_and(Piece::is_bare_sync) {
+                    // The client's Sync right after its COMMIT: Postgres, idle after waly's own simple
+                    // queries, would answer it with ReadyForQuery alone. Answered here, it costs no round
+                    // trip, and the client gets its COMMIT and ReadyForQuery in one write.
+                    self.flow.pieces.pop_front();
+                    self.ready(b, b'I');
                 }
                 Ok(())
             }
@@ -1072,6 +1078,16 @@ where
                 .resolve(&self.write.session.database, &gid, commit);
         }
         Ending::BackendGone
+    }
+}
+
+impl Piece {
+    /// A request that is nothing but the client's Sync, ending its batch.
+    fn is_bare_sync(&self) -> bool {
+        matches!(self.kind, PieceKind::Request(_))
+            && self.last
+            && !self.streams
+            && self.bytes[..] == [b'S', 0, 0, 0, 4]
     }
 }
 
