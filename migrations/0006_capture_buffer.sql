@@ -29,10 +29,15 @@
 alter event trigger waly_capture_ddl disable;
 alter event trigger waly_capture_drop disable;
 
--- The trigger's argument is now the primary-key columns as one JSON array (none without a primary key).
-create or replace function waly.primary_key_argument(rel oid) returns text
+-- The trigger's arguments are now the primary-key columns as one JSON array ('null' without a primary
+-- key), and whether the table owns sequences ('sequences' or 'none'; waly.owned_sequences, the table's
+-- partition ancestors' included): only then do its inserts note the table for the record's sequence
+-- positions. waly.refresh_owned_sequences() re-ensures the triggers of the tables it changes.
+create or replace function waly.capture_arguments(rel oid) returns text[]
 language sql stable as $$
-  select pg_catalog.array_to_json(waly.primary_key_columns(rel))::text
+  select array[
+    coalesce(pg_catalog.array_to_json(waly.primary_key_columns(rel))::text, 'null'),
+    case when exists (select from waly.owned_sequences o where o.table_oid = rel) then 'sequences' else 'none' end]
 $$;
 
 create or replace function waly.exact_json(r anyelement) returns text
@@ -82,12 +87,14 @@ begin
     line := pg_catalog.concat('["insert",', pg_catalog.to_json(TG_TABLE_SCHEMA)::text, ',',
       pg_catalog.to_json(TG_TABLE_NAME)::text, ',', coalesce(TG_ARGV[0], 'null'), ',null,',
       case when exact then pg_catalog.row_to_json(NEW)::text else waly.exact_json(NEW) end, E']\n');
-    -- waly.note_sequence_table(TG_RELID), inline: this runs for every inserted row.
-    tables := pg_catalog.current_setting('waly.capture_tables', true);
-    if tables is null or tables = '' then
-      tables := pg_catalog.set_config('waly.capture_tables', E'\n' || TG_RELID::text || E'\n', true);
-    elsif pg_catalog.strpos(tables, E'\n' || TG_RELID::text || E'\n') = 0 then
-      tables := pg_catalog.set_config('waly.capture_tables', tables || TG_RELID::text || E'\n', true);
+    if TG_ARGV[1] is distinct from 'none' then
+      -- waly.note_sequence_table(TG_RELID), inline: this runs for every inserted row.
+      tables := pg_catalog.current_setting('waly.capture_tables', true);
+      if tables is null or tables = '' then
+        tables := pg_catalog.set_config('waly.capture_tables', E'\n' || TG_RELID::text || E'\n', true);
+      elsif pg_catalog.strpos(tables, E'\n' || TG_RELID::text || E'\n') = 0 then
+        tables := pg_catalog.set_config('waly.capture_tables', tables || TG_RELID::text || E'\n', true);
+      end if;
     end if;
   elsif TG_OP = 'UPDATE' then
     line := pg_catalog.concat('["update",', pg_catalog.to_json(TG_TABLE_SCHEMA)::text, ',',
@@ -126,7 +133,7 @@ language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
   relation text;
   kind "char";
-  pk text;
+  arguments text[];
   args bytea;
   existing record;
 begin
@@ -148,9 +155,10 @@ begin
   end if;
 
   if kind = 'r' then
-    pk := waly.primary_key_argument(rel);
+    arguments := waly.capture_arguments(rel);
     -- pg_trigger.tgargs holds each argument NUL-terminated.
-    args := coalesce(convert_to(pk, getdatabaseencoding()) || '\x00'::bytea, ''::bytea);
+    args := convert_to(arguments[1], getdatabaseencoding()) || '\x00'::bytea
+            || convert_to(arguments[2], getdatabaseencoding()) || '\x00'::bytea;
     select tgargs, tgenabled into existing
     from pg_trigger where tgrelid = rel and tgname = '0_waly_capture';
     if found and existing.tgenabled not in ('O', 'A') then
@@ -161,10 +169,53 @@ begin
     end if;
     if not found or existing.tgargs <> args then
       execute format(
-        'create or replace trigger %I after insert or update or delete on %s for each row execute function waly.capture_row(%s)',
-        '0_waly_capture', relation, coalesce(quote_literal(pk), ''));
+        'create or replace trigger %I after insert or update or delete on %s for each row execute function waly.capture_row(%L, %L)',
+        '0_waly_capture', relation, arguments[1], arguments[2]);
     end if;
   end if;
+end
+$$;
+
+-- As in migration 0005, and then the capture triggers of the tables whose sequences it changed, so their
+-- 'sequences' argument follows.
+create or replace function waly.refresh_owned_sequences(rel oid) returns void
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  kind "char";
+  roots oid[];
+  tables oid[];
+begin
+  select c.relkind into kind from pg_class c where c.oid = rel;
+  if kind = 'S' then
+    roots := array(
+      select o.table_oid from waly.owned_sequences o where rel = any (o.sequences)
+      union
+      select d.refobjid from pg_depend d
+      where d.classid = 'pg_class'::regclass and d.objid = rel
+        and d.refclassid = 'pg_class'::regclass and d.deptype in ('a', 'i'));
+  elsif kind in ('r', 'p') then
+    roots := array[rel];
+  else
+    return;
+  end if;
+  -- pg_partition_tree() lists a partitioned table and everything below it; a plain table is itself.
+  tables := array(
+    select r.oid from unnest(roots) as r(oid)
+    union
+    select t.relid from unnest(roots) as r(oid) cross join lateral pg_partition_tree(r.oid) as t);
+  delete from waly.owned_sequences where table_oid = any (tables);
+  insert into waly.owned_sequences (table_oid, sequences)
+  select t.oid, s.sequences
+  from unnest(tables) as t(oid)
+  cross join lateral (
+    select array_agg(distinct d.objid order by d.objid) as sequences
+    from (select t.oid union select a.relid from pg_partition_ancestors(t.oid) as a) as owner(rel)
+    join pg_depend d on d.refclassid = 'pg_class'::regclass and d.refobjid = owner.rel
+                    and d.classid = 'pg_class'::regclass and d.deptype in ('a', 'i')
+    join pg_class c on c.oid = d.objid and c.relkind = 'S'
+  ) as s
+  where s.sequences is not null and waly.is_application_table(t.oid);
+  perform waly.ensure_capture(t.oid) from unnest(tables) as t(oid) where waly.is_application_table(t.oid);
 end
 $$;
 

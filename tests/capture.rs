@@ -271,19 +271,19 @@ async fn tables_created_after_migrate_get_triggers_once() {
             (
                 "fresh".into(),
                 "0_waly_capture".into(),
-                "[\"b\",\"a\"]\\000".into()
+                "[\"b\",\"a\"]\\000none\\000".into()
             ),
             ("fresh".into(), "0_waly_capture_truncate".into(), "".into()),
             (
                 "old".into(),
                 "0_waly_capture".into(),
-                "[\"id\"]\\000".into()
+                "[\"id\"]\\000none\\000".into()
             ),
             ("old".into(), "0_waly_capture_truncate".into(), "".into()),
             (
                 "other.t".into(),
                 "0_waly_capture".into(),
-                "[\"id\"]\\000".into()
+                "[\"id\"]\\000sequences\\000".into()
             ),
             (
                 "other.t".into(),
@@ -790,7 +790,11 @@ async fn adding_or_dropping_the_primary_key_switches_pk() {
     );
     assert_eq!(
         capture_triggers(&c).await[0],
-        ("kv".into(), "0_waly_capture".into(), "[\"k\"]\\000".into())
+        (
+            "kv".into(),
+            "0_waly_capture".into(),
+            "[\"k\"]\\000none\\000".into()
+        )
     );
 }
 
