@@ -298,6 +298,30 @@ async fn a_transaction_of_100000_rows_is_one_record() {
     s.assert_replay_equals_live();
 }
 
+/// Runs `sql` and checks that waly refused it: 0A000, waly's message, a hint.
+async fn assert_refused_by_waly(c: &tokio_postgres::Client, sql: &str) {
+    let err = c.batch_execute(sql).await.unwrap_err();
+    let db = err.as_db_error().expect("a Postgres error");
+    assert_eq!(db.code().code(), "0A000", "{sql}: {db:?}");
+    assert!(
+        db.message().starts_with("waly does not"),
+        "{}",
+        db.message()
+    );
+    assert!(db.hint().is_some());
+}
+
+/// Transactions left prepared in the session's database.
+async fn prepared_transactions(c: &tokio_postgres::Client) -> i64 {
+    c.query_one(
+        "select count(*) from pg_prepared_xacts where database = current_database()",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 #[tokio::test]
 async fn statements_that_would_bypass_the_log_are_refused_clearly() {
     let s = Served::new("wp_refused");
@@ -309,15 +333,7 @@ async fn statements_that_would_bypass_the_log_are_refused_clearly() {
         "set session_replication_role = replica",
         "commit prepared 'waly_x_1'",
     ] {
-        let err = c.batch_execute(sql).await.unwrap_err();
-        let db = err.as_db_error().expect("a Postgres error");
-        assert_eq!(db.code().code(), "0A000", "{sql}: {db:?}");
-        assert!(
-            db.message().starts_with("waly does not"),
-            "{}",
-            db.message()
-        );
-        assert!(db.hint().is_some());
+        assert_refused_by_waly(&c, sql).await;
         let _ = c.batch_execute("rollback").await;
     }
     c.batch_execute("insert into t values (2)").await.unwrap();
@@ -328,15 +344,7 @@ async fn statements_that_would_bypass_the_log_are_refused_clearly() {
             .get::<_, i64>(0),
         1
     );
-    let prepared: i64 = c
-        .query_one(
-            "select count(*) from pg_prepared_xacts where database = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(prepared, 0);
+    assert_eq!(prepared_transactions(&c).await, 0);
 }
 
 /// Temporary tables: writes to them alone commit without a record; a session that has them still gets
@@ -395,15 +403,7 @@ async fn sessions_with_temporary_tables_keep_working() {
         11 + 12,
         "the refused transaction's temporary row is gone too"
     );
-    let prepared: i64 = c
-        .query_one(
-            "select count(*) from pg_prepared_xacts where database = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(prepared, 0);
+    assert_eq!(prepared_transactions(&c).await, 0);
     s.assert_replay_equals_live();
 }
 
@@ -417,17 +417,7 @@ async fn resetting_the_capture_buffer_is_refused_inside_transactions() {
     psql(&url, "create table t (id int primary key, v text);");
     let c = connect(&url).await;
     let before = s.waly.log_end().await;
-    let refused = async |sql: &str| {
-        let err = c.batch_execute(sql).await.unwrap_err();
-        let db = err.as_db_error().expect("a Postgres error").clone();
-        assert_eq!(db.code().code(), "0A000", "{sql}: {db:?}");
-        assert!(
-            db.message().starts_with("waly does not"),
-            "{}",
-            db.message()
-        );
-        assert!(db.hint().is_some());
-    };
+    let refused = async |sql: &str| assert_refused_by_waly(&c, sql).await;
     // Inside a transaction block, in the middle of its writes.
     c.batch_execute("begin; insert into t values (1, 'a')")
         .await
