@@ -86,12 +86,8 @@ pub async fn commit(
         }
         prepared = false;
     }
-    // How to abandon the transaction from here on.
-    let abandon = if prepared {
-        format!("ROLLBACK PREPARED '{gid}'")
-    } else {
-        "ROLLBACK".to_owned()
-    };
+    // The transaction to roll back from here on, when it must be abandoned.
+    let open = prepared.then_some(gid.as_str());
     let captured = Captured::from_reply(reply);
     let read = match (&captured.txid, captured.spilled, prepared) {
         // Read-only, or wrote nothing at all (never prepared: the check wants a non-empty buffer).
@@ -120,13 +116,13 @@ pub async fn commit(
     let changes = match read {
         Ok(changes) => changes,
         Err(e) => {
-            rollback(backend, &abandon).await?;
+            abandon(backend, open).await?;
             return Ok(Outcome::Failed(Failure::Waly(unreadable(&e))));
         }
     };
     if changes.is_empty() {
         if prepared {
-            rollback(backend, &abandon).await?;
+            abandon(backend, open).await?;
             return Ok(Outcome::Failed(Failure::Waly(
                 PgError::error(
                     SqlState::INTERNAL_ERROR,
@@ -142,7 +138,7 @@ pub async fn commit(
     let operations = match matcher.recognize(&statements, &changes) {
         Ok(operations) => operations,
         Err(error) => {
-            rollback(backend, &abandon).await?;
+            abandon(backend, open).await?;
             return Ok(Outcome::Failed(Failure::Refused(error)));
         }
     };
@@ -208,7 +204,7 @@ pub async fn commit(
             }));
         }
         Err(e) => {
-            rollback(backend, &format!("ROLLBACK PREPARED '{gid}'")).await?;
+            abandon(backend, Some(&gid)).await?;
             let hint = match e.sqlstate().0 {
                 "53100" => {
                     "Free space where waly keeps its log (data_dir); reads keep working meanwhile."
@@ -293,6 +289,28 @@ async fn plain_commit(backend: &mut impl Backend) -> Result<Outcome, Lost> {
         None => Ok(Outcome::Committed { logged: None }),
         Some(error) => Ok(Outcome::Failed(Failure::Postgres { error, hint: None })),
     }
+}
+
+/// Rolls back the transaction: the one prepared as `prepared` (if the connection breaks meanwhile, the
+/// caller's resolver rolls it back), or the one open on the connection.
+async fn abandon(backend: &mut impl Backend, prepared: Option<&str>) -> Result<(), Lost> {
+    let Some(gid) = prepared else {
+        return rollback(backend, "ROLLBACK").await;
+    };
+    let sql = format!("ROLLBACK PREPARED '{gid}'");
+    let reply = backend
+        .query(&sql)
+        .await
+        .map_err(|e| Lost::resolve(e, gid, false))?;
+    if let Some(e) = reply.error {
+        tracing::warn!(
+            %gid,
+            code = e.code(),
+            message = e.message(),
+            "rollback of a prepared transaction failed"
+        );
+    }
+    Ok(())
 }
 
 async fn rollback(backend: &mut impl Backend, sql: &str) -> Result<(), Lost> {

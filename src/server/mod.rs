@@ -301,8 +301,10 @@ fn log_id(data_dir: &std::path::Path) -> std::io::Result<String> {
 
 /// Resolves what an earlier process left prepared. Waits briefly for Postgres; if it is not there yet,
 /// keeps trying in the background (gids of this process are never touched, so that is safe). Later
-/// passes catch a PREPARE the previous process had sent that Postgres finished only after the first pass,
-/// and decide what the first pass deferred until the log had settled (Kafka).
+/// passes, every 10 s for as long as waly runs, catch a PREPARE the previous process had sent that
+/// Postgres finished only after the first pass (a commit query waiting on a lock when waly died runs on
+/// to its PREPARE whenever the lock comes free), and decide what the first pass deferred until the log
+/// had settled (Kafka). A pass is one query on `pg_prepared_xacts`.
 async fn start_recovery(config: &Config, logs: &Arc<dyn LogRouter>, owner: &str) {
     let started = std::time::Instant::now();
     let first = recover_at_start(config, logs.as_ref(), owner, started).await;
@@ -324,9 +326,6 @@ async fn start_recovery(config: &Config, logs: &Arc<dyn LogRouter>, owner: &str)
                 Ok(report) => {
                     report_recovery(&report);
                     pending = !report.deferred.is_empty();
-                    if !pending && started.elapsed() >= Duration::from_secs(10) {
-                        return;
-                    }
                 }
                 Err(e) => tracing::debug!(error = %e, "recovery still postponed"),
             }
