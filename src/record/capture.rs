@@ -423,6 +423,14 @@ mod tests {
         }
     }
 
+    /// A capture row of kind `lines` carrying `lines`.
+    fn lines_row(seq: &str, lines: &str) -> Vec<Option<String>> {
+        let mut r = row(&[Some(seq), Some("lines")]);
+        r.extend(std::iter::repeat_n(None, 7));
+        r.push(Some(lines.to_owned()));
+        r
+    }
+
     #[test]
     fn buffer_lines_become_changes_with_keys_from_the_images() {
         let lines = concat!(
@@ -435,19 +443,7 @@ mod tests {
             r#"["insert","public","nokey",null,null,{"a":[1,2],"j":{"z": 1,  "a": 2}}]"#,
             "\n",
         );
-        let rows = vec![row(&[
-            Some("1"),
-            Some("lines"),
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            Some(lines),
-        ])];
-        let changes = changes_from_capture_text(&rows).unwrap();
+        let changes = changes_from_capture_text(&[lines_row("1", lines)]).unwrap();
         let json: Vec<serde_json::Value> = changes
             .iter()
             .map(|c| serde_json::to_value(c).unwrap())
@@ -486,19 +482,7 @@ mod tests {
             r#"["insert","public","t",["id"],null,null]"#,
             r#"["frobnicate","public","t",null,null,{"x":1}]"#,
         ] {
-            let rows = vec![row(&[
-                Some("7"),
-                Some("lines"),
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                Some(bad),
-            ])];
-            let e = changes_from_capture_text(&rows).unwrap_err();
+            let e = changes_from_capture_text(&[lines_row("7", bad)]).unwrap_err();
             assert!(e.to_string().contains("7, line 1"), "{e}");
         }
     }
