@@ -954,3 +954,121 @@ async fn recovery_leaves_another_walys_commit_in_flight_alone() {
         .await
         .unwrap();
 }
+
+/// A TCP path from waly to Postgres that the test can cut, as a network failure would: Postgres learns of
+/// it only when it next writes to the connection.
+struct Cable {
+    port: u16,
+    cut: tokio::sync::watch::Sender<u32>,
+}
+
+impl Cable {
+    async fn to(upstream_port: u16) -> Cable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, _) = tokio::sync::watch::channel(0u32);
+        let cuts = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut cuts = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Cable { port, cut }
+    }
+
+    /// Breaks every connection open through the cable now; new ones still get through.
+    fn cut_all(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_backend_connection_breaks_while_it_waits_leaves_nothing_prepared() {
+    let pg = postgres();
+    let db = pg.create_db("lost_backend");
+    let direct = connect(&pg.url(&db)).await.unwrap();
+    // A deferred check that takes 3 s: the commit's first round trip (which fires deferred constraints,
+    // then prepares) is still running in Postgres when waly's connection to it breaks.
+    direct
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY); \
+             CREATE FUNCTION slow_check() RETURNS trigger LANGUAGE plpgsql AS \
+               $$ BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$; \
+             CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON t DEFERRABLE INITIALLY DEFERRED \
+               FOR EACH ROW EXECUTE FUNCTION slow_check()",
+        )
+        .await
+        .unwrap();
+    let cable = Cable::to(pg.port).await;
+    let waly = Waly::start_with(WalyOptions {
+        upstream_port: cable.port,
+        ..WalyOptions::default()
+    });
+    wait_serving(&waly, &db).await;
+
+    let client = connect(&waly.url(&db)).await.unwrap();
+    client
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let committing = tokio::spawn(async move { client.batch_execute("COMMIT").await });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    cable.cut_all();
+    let answer = tokio::time::timeout(Duration::from_secs(20), committing)
+        .await
+        .expect("the client got no answer to its COMMIT")
+        .unwrap();
+    assert!(
+        answer.is_err(),
+        "COMMIT was acknowledged although waly lost its backend before the record was written"
+    );
+
+    // The backend, unaware, ran on to PREPARE TRANSACTION once the check finished. Nothing holds that
+    // gid any more: a recovery pass must roll it back (it never reached the log), freeing the row.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut saw_orphan = false;
+    loop {
+        let left = prepared_waly_xacts(&direct).await;
+        saw_orphan |= !left.is_empty();
+        if left.is_empty() && waly.logs().contains("rolled back a prepared transaction") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prepared transactions left 40 s after the connection broke: {left:?} (seen prepared: \
+             {saw_orphan})\n{}",
+            waly.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rows: i64 = direct
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "the unacknowledged insert took effect");
+    let logged = log_records(&waly.access).await;
+    assert!(
+        logged_ids(&logged, "t").is_empty(),
+        "the unacknowledged insert is in the log"
+    );
+    // The row is free: the same insert through waly commits (and waits out the check).
+    let again = connect(&waly.url(&db)).await.unwrap();
+    again
+        .batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let logged = log_records(&waly.access).await;
+    assert_eq!(logged_ids(&logged, "t"), BTreeSet::from([1]));
+}

@@ -13,10 +13,12 @@
 
 mod backend;
 mod capture;
+mod in_flight;
 mod protocol;
 pub mod recovery;
 
 pub use backend::{Backend, BackendLost, QueryResult, Reply, ServerError};
+pub use in_flight::InFlight;
 pub use protocol::{Failure, Lost, Outcome, commit, log_committed_leftovers};
 pub use recovery::{Resolver, recover_at_start};
 
@@ -38,8 +40,8 @@ pub fn next_gid_number() -> String {
 
 /// The token that names who prepared a transaction: the log it is recorded in (`log_id`, fixed for a
 /// data directory) and the process (`boot`, new at every start). Recovery resolves only gids of its own
-/// log, and never those of its own process, so it cannot touch the in-flight commits of another waly
-/// (another log) or of its own sessions.
+/// log, and of its own process only those no session holds ([`in_flight`]), so it cannot touch the
+/// in-flight commits of another waly (another log) or of its own sessions.
 pub fn owner_token(log_id: &str, boot: &str) -> String {
     format!("{log_id}-{boot}")
 }

@@ -4,6 +4,7 @@ use bytes::Bytes;
 
 use super::backend::{Backend, BackendLost, ServerError};
 use super::capture::{self, Captured};
+use super::in_flight::InFlight;
 use crate::log::{Log, Position};
 use crate::operations::Matcher;
 use crate::record::{
@@ -37,7 +38,7 @@ pub enum Failure {
     /// caller hands `gid` to the [`super::Resolver`], which commits or rolls it back then.
     InDoubt {
         error: PgError,
-        gid: String,
+        gid: InFlight,
         settles_after: std::time::Duration,
         /// The record, if it is in the log at all, is after this position (the end the log had
         /// acknowledged before the append).
@@ -59,11 +60,13 @@ pub async fn commit(
     boot: &str,
     matcher: &mut Matcher,
 ) -> Result<Outcome, Lost> {
-    let gid = super::gid(boot, &super::next_gid_number());
+    // Claimed before anything can prepare it, so no recovery pass decides it while this runs.
+    let claim = InFlight::claim(super::gid(boot, &super::next_gid_number()));
+    let gid = claim.gid().to_owned();
     let reply = backend
         .query(&capture::first_round_trip(&gid))
         .await
-        .map_err(|e| Lost::resolve(e, &gid, false))?;
+        .map_err(|e| Lost::resolve(e, &claim, false))?;
     let mut prepared = true;
     if let Some(error) = &reply.error {
         if error.code() != capture::NOT_PREPARABLE {
@@ -87,7 +90,7 @@ pub async fn commit(
         prepared = false;
     }
     // The transaction to roll back from here on, when it must be abandoned.
-    let open = prepared.then_some(gid.as_str());
+    let open = prepared.then_some(&claim);
     let captured = Captured::from_reply(reply);
     let read = match (&captured.txid, captured.spilled, prepared) {
         // Read-only, or wrote nothing at all (never prepared: the check wants a non-empty buffer).
@@ -158,7 +161,7 @@ pub async fn commit(
         let reply = backend
             .query(&format!("PREPARE TRANSACTION '{gid}'"))
             .await
-            .map_err(|e| Lost::resolve(e, &gid, false))?;
+            .map_err(|e| Lost::resolve(e, &claim, false))?;
         if let Some(error) = reply.error {
             // A failed PREPARE rolls the transaction back.
             if reply.status != b'I' {
@@ -188,13 +191,16 @@ pub async fn commit(
                         error: error
                             .with_detail(format!("The transaction is prepared as {gid}; within about {} s waly reads the log and commits it if its record is there, or rolls it back if not.", settles_after.as_secs() + 1))
                             .with_hint("Check whether the transaction took effect before retrying it."),
-                        gid,
+                        gid: claim,
                         settles_after,
                         after: end_before,
                     }
                 }
                 None => {
                     tracing::error!(%gid, error = %e, "append in doubt; the prepared transaction is left for recovery at the next start");
+                    // Only a restart, which reads the log as it is on disk, may decide it: the claim is
+                    // held for as long as this process runs.
+                    std::mem::forget(claim);
                     Failure::Waly(
                         error
                             .with_detail(format!("The transaction is prepared as {gid}; it is committed or rolled back, by what the log holds, when waly restarts."))
@@ -204,7 +210,7 @@ pub async fn commit(
             }));
         }
         Err(e) => {
-            abandon(backend, Some(&gid)).await?;
+            abandon(backend, Some(&claim)).await?;
             let hint = match e.sqlstate().0 {
                 "53100" => {
                     "Free space where waly keeps its log (data_dir); reads keep working meanwhile."
@@ -225,12 +231,12 @@ pub async fn commit(
     let done = backend
         .query(&format!("COMMIT PREPARED '{gid}'"))
         .await
-        .map_err(|e| Lost::resolve(e, &gid, true))?;
+        .map_err(|e| Lost::resolve(e, &claim, true))?;
     if let Some(error) = done.error {
         tracing::error!(%gid, position = %entry.position, code = error.code(), message = error.message(), "COMMIT PREPARED failed after the record was logged");
         return Err(Lost {
             reason: BackendLost(format!("COMMIT PREPARED failed: {}", error.message())),
-            resolve: Some((gid, true)),
+            resolve: Some((claim, true)),
         });
     }
     Ok(Outcome::Committed {
@@ -242,8 +248,8 @@ pub async fn commit(
 #[derive(Debug)]
 pub struct Lost {
     pub reason: BackendLost,
-    /// A prepared transaction to resolve on another connection: `(gid, commit?)`.
-    pub resolve: Option<(String, bool)>,
+    /// A transaction that may be prepared, to resolve on another connection: `(gid, commit?)`.
+    pub resolve: Option<(InFlight, bool)>,
 }
 
 impl Lost {
@@ -254,10 +260,10 @@ impl Lost {
         }
     }
 
-    fn resolve(reason: BackendLost, gid: &str, commit: bool) -> Lost {
+    fn resolve(reason: BackendLost, gid: &InFlight, commit: bool) -> Lost {
         Lost {
             reason,
-            resolve: Some((gid.to_owned(), commit)),
+            resolve: Some((gid.clone(), commit)),
         }
     }
 }
@@ -293,15 +299,16 @@ async fn plain_commit(backend: &mut impl Backend) -> Result<Outcome, Lost> {
 
 /// Rolls back the transaction: the one prepared as `prepared` (if the connection breaks meanwhile, the
 /// caller's resolver rolls it back), or the one open on the connection.
-async fn abandon(backend: &mut impl Backend, prepared: Option<&str>) -> Result<(), Lost> {
-    let Some(gid) = prepared else {
+async fn abandon(backend: &mut impl Backend, prepared: Option<&InFlight>) -> Result<(), Lost> {
+    let Some(claim) = prepared else {
         return rollback(backend, "ROLLBACK").await;
     };
+    let gid = claim.gid();
     let sql = format!("ROLLBACK PREPARED '{gid}'");
     let reply = backend
         .query(&sql)
         .await
-        .map_err(|e| Lost::resolve(e, gid, false))?;
+        .map_err(|e| Lost::resolve(e, claim, false))?;
     if let Some(e) = reply.error {
         tracing::warn!(
             %gid,

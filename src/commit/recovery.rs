@@ -2,8 +2,9 @@
 //! behind; while running, those whose session lost its backend between PREPARE and COMMIT PREPARED.
 //!
 //! The rule is invariant 2: a prepared `waly_` transaction whose record is in the log is committed, any
-//! other is rolled back. A running process resolves only gids of earlier processes (see
-//! [`super::gid`]) plus the ones its own sessions hand over, so it never races a session mid-commit.
+//! other is rolled back. A running process resolves gids of earlier processes (see [`super::gid`]), the
+//! ones its own sessions hand over, and its own that nothing holds any more ([`super::in_flight`]: a
+//! backend that prepared after its session lost the connection), so it never races a session mid-commit.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
 
+use super::in_flight::{InFlight, is_claimed};
 use super::{GID_PREFIX, gid_owner, owner_log};
 use crate::config::Config;
 use crate::log::{Log, LogError, LogRouter, Position};
@@ -50,8 +52,8 @@ fn describe(e: &tokio_postgres::Error) -> String {
 /// after PREPARE, so this only absorbs clock differences between Postgres' machine and waly's.
 const CLOCK_MARGIN: Duration = Duration::from_secs(3600);
 
-/// Resolves every prepared `waly_` transaction recorded for this log (`owner`'s log id) and not made by
-/// the process `owner` itself.
+/// Resolves every prepared `waly_` transaction recorded for this log (`owner`'s log id), except those the
+/// process `owner` itself still holds ([`is_claimed`]).
 ///
 /// A transaction whose record is in the log is committed at once. One whose record is not is rolled back
 /// only once its log has settled since this process started (`started`): with Kafka, an append the dead
@@ -77,7 +79,7 @@ pub async fn recover_at_start(
     for row in rows {
         let gid: String = row.get(0);
         match gid_owner(&gid) {
-            Some(o) if o != owner && owner_log(o) == owner_log(owner) => {}
+            Some(o) if owner_log(o) == owner_log(owner) && (o != owner || !is_claimed(&gid)) => {}
             _ => continue,
         }
         let entry = by_database
@@ -112,7 +114,12 @@ pub async fn recover_at_start(
             } else {
                 format!("ROLLBACK PREPARED '{gid}'")
             };
-            client.batch_execute(&sql).await?;
+            match client.batch_execute(&sql).await {
+                Ok(()) => {}
+                // A gid of this process that its session finished after the listing above.
+                Err(e) if is_undefined_gid(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
             if commit {
                 tracing::info!(%database, %gid, "recovery: committed a prepared transaction whose record is in the log");
                 report.committed.push(gid.clone());
@@ -123,6 +130,11 @@ pub async fn recover_at_start(
         }
     }
     Ok(report)
+}
+
+/// 42704: no such prepared transaction (resolved already, or never prepared).
+fn is_undefined_gid(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code() == "42704")
 }
 
 /// Which of `wanted` have a record in the log at or after `since_micros`.
@@ -196,7 +208,8 @@ pub struct Resolver {
 
 struct Job {
     database: String,
-    gid: String,
+    /// Held until the job is done, so recovery passes leave the gid to it.
+    gid: InFlight,
     commit: bool,
 }
 
@@ -218,20 +231,20 @@ impl Resolver {
     pub fn settle_in_doubt(
         &self,
         database: &str,
-        gid: &str,
+        gid: InFlight,
         log: std::sync::Arc<dyn Log>,
         settles_after: Duration,
         after: Position,
     ) {
-        let (jobs, database, gid) = (self.jobs.clone(), database.to_owned(), gid.to_owned());
+        let (jobs, database) = (self.jobs.clone(), database.to_owned());
         tokio::spawn(async move {
             tokio::time::sleep(settles_after).await;
-            let wanted: HashSet<&str> = [gid.as_str()].into();
+            let wanted: HashSet<&str> = [gid.gid()].into();
             loop {
                 match logged_gids_from(log.as_ref(), &wanted, after.next()).await {
                     Ok(found) => {
-                        let commit = found.contains(&gid);
-                        tracing::warn!(%database, %gid, commit, "an in-doubt append has settled; resolving its prepared transaction by the log");
+                        let commit = found.contains(gid.gid());
+                        tracing::warn!(%database, gid = gid.gid(), commit, "an in-doubt append has settled; resolving its prepared transaction by the log");
                         let _ = jobs.send(Job {
                             database,
                             gid,
@@ -240,7 +253,7 @@ impl Resolver {
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(%database, %gid, error = %e, "cannot read the log to settle an in-doubt append yet; retrying");
+                        tracing::warn!(%database, gid = gid.gid(), error = %e, "cannot read the log to settle an in-doubt append yet; retrying");
                         tokio::time::sleep(Duration::from_secs(2)).await;
                     }
                 }
@@ -249,21 +262,22 @@ impl Resolver {
     }
 
     /// Commits (`commit`) or rolls back the prepared transaction `gid` in `database`, eventually.
-    pub fn resolve(&self, database: &str, gid: &str, commit: bool) {
-        tracing::warn!(%database, %gid, commit, "a session lost its backend mid-commit; resolving its prepared transaction");
+    pub fn resolve(&self, database: &str, gid: InFlight, commit: bool) {
+        tracing::warn!(%database, gid = gid.gid(), commit, "a session lost its backend mid-commit; resolving its prepared transaction");
         let _ = self.jobs.send(Job {
             database: database.to_owned(),
-            gid: gid.to_owned(),
+            gid,
             commit,
         });
     }
 }
 
 async fn resolve_until_done(config: &Config, job: &Job) {
+    let gid = job.gid.gid();
     let sql = if job.commit {
-        format!("COMMIT PREPARED '{}'", job.gid)
+        format!("COMMIT PREPARED '{gid}'")
     } else {
-        format!("ROLLBACK PREPARED '{}'", job.gid)
+        format!("ROLLBACK PREPARED '{gid}'")
     };
     let mut delay = Duration::from_millis(200);
     loop {
@@ -274,16 +288,17 @@ async fn resolve_until_done(config: &Config, job: &Job) {
         };
         match attempt.await {
             Ok(()) => {
-                tracing::info!(database = %job.database, gid = %job.gid, commit = job.commit, "prepared transaction resolved");
+                tracing::info!(database = %job.database, %gid, commit = job.commit, "prepared transaction resolved");
                 return;
             }
-            // 42704: no such prepared transaction (it was resolved already, or never prepared).
-            Err(RecoveryError::Postgres(e)) if e.code().is_some_and(|c| c.code() == "42704") => {
-                tracing::info!(database = %job.database, gid = %job.gid, "prepared transaction already resolved or never prepared");
+            // Not prepared (yet): if the lost backend prepares it later, the gid is unclaimed once this
+            // job ends, and the next recovery pass decides it by the log.
+            Err(RecoveryError::Postgres(e)) if is_undefined_gid(&e) => {
+                tracing::info!(database = %job.database, %gid, "prepared transaction already resolved or never prepared");
                 return;
             }
             Err(e) => {
-                tracing::warn!(database = %job.database, gid = %job.gid, error = %e, "cannot resolve the prepared transaction yet; retrying");
+                tracing::warn!(database = %job.database, %gid, error = %e, "cannot resolve the prepared transaction yet; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

@@ -300,11 +300,11 @@ fn log_id(data_dir: &std::path::Path) -> std::io::Result<String> {
 }
 
 /// Resolves what an earlier process left prepared. Waits briefly for Postgres; if it is not there yet,
-/// keeps trying in the background (gids of this process are never touched, so that is safe). Later
-/// passes, every 10 s for as long as waly runs, catch a PREPARE the previous process had sent that
-/// Postgres finished only after the first pass (a commit query waiting on a lock when waly died runs on
-/// to its PREPARE whenever the lock comes free), and decide what the first pass deferred until the log
-/// had settled (Kafka). A pass is one query on `pg_prepared_xacts`.
+/// keeps trying in the background (gids this process still holds are never touched, so that is safe).
+/// Later passes, every 10 s for as long as waly runs, catch a PREPARE that Postgres finished after the
+/// session that sent it was gone (a commit query waiting on a lock runs on to its PREPARE whenever the
+/// lock comes free, although waly died or lost that connection meanwhile), and decide what the first
+/// pass deferred until the log had settled (Kafka). A pass is one query on `pg_prepared_xacts`.
 async fn start_recovery(config: &Config, logs: &Arc<dyn LogRouter>, owner: &str) {
     let started = std::time::Instant::now();
     let first = recover_at_start(config, logs.as_ref(), owner, started).await;

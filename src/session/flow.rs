@@ -1019,7 +1019,7 @@ where
                     } => {
                         self.write.resolver.settle_in_doubt(
                             &self.write.session.database,
-                            &gid,
+                            gid,
                             log,
                             settles_after,
                             after,
@@ -1068,14 +1068,18 @@ where
     }
 
     /// The backend connection broke inside the commit protocol: hand over what it left prepared.
-    fn lost(&mut self, reason: commit::BackendLost, resolve: Option<(String, bool)>) -> Ending {
+    fn lost(
+        &mut self,
+        reason: commit::BackendLost,
+        resolve: Option<(commit::InFlight, bool)>,
+    ) -> Ending {
         self.span.in_scope(
             || tracing::warn!(error = %reason, "lost the backend during the commit protocol"),
         );
         if let Some((gid, commit)) = resolve {
             self.write
                 .resolver
-                .resolve(&self.write.session.database, &gid, commit);
+                .resolve(&self.write.session.database, gid, commit);
         }
         Ending::BackendGone
     }
