@@ -44,4 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         // Replaces event trigger functions and recreates every capture trigger.
         requires_superuser: true,
     },
+    Migration {
+        version: 7,
+        name: "capture_row_one_expression",
+        sql: include_str!("../../migrations/0007_capture_row_one_expression.sql"),
+        // Disables and enables the event triggers while it replaces the capture trigger's function.
+        requires_superuser: true,
+    },
 ];
