@@ -113,7 +113,9 @@ for d in bench_direct bench_layers; do psql_q "$PG_PORT" "VACUUM ANALYZE" "$d" >
 declare -A R_TPS R_PG R_PROXY
 RUN_ERRORS=()
 run_layer() { # run_layer LAYER ROUND
-    local layer=$1 round=$2 port db script id pid pg0 pg1 p0="" p1="" rc=0 ntx tps failed
+    local layer=$1 round=$2 port db script id pid pg0 pg1 p0="" p1="" rc=0
+    # shellcheck disable=SC2034  # set by bench_read_pgbench
+    local tps lat ntx failed retried n p50 p99
     read -r port db script <<<"${WHERE[$layer]}"
     id="$layer-r$round"
     pid=""
@@ -124,17 +126,13 @@ run_layer() { # run_layer LAYER ROUND
     [ -n "$pid" ] && p0=$(proc_ticks "$pid")
     pg0=$(cluster_ticks)
     pgbench -n -M simple -s "$SCALE" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" -f "$TMP/$script.sql" \
+        --log --log-prefix="$LOG_DIR/$id" \
         -h 127.0.0.1 -p "$port" -U "$PG_USER" "$db" >"$LOG_DIR/$id.out" 2>&1 || rc=$?
     sleep 0.2
     pg1=$(cluster_ticks)
     [ -n "$pid" ] && p1=$(proc_ticks "$pid")
-    tps=$(awk '/^tps = / { print $3; exit }' "$LOG_DIR/$id.out")
-    ntx=$(awk -F': *' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$LOG_DIR/$id.out")
-    failed=$(awk -F'[: ]+' '/^number of failed transactions/ { print $5; exit }' "$LOG_DIR/$id.out")
-    if [ "$rc" -ne 0 ] || [ -z "$tps" ] || [ "${ntx:-0}" -eq 0 ]; then
-        RUN_ERRORS+=("$id: pgbench exit status $rc: $(grep -m1 -i 'error\|fatal\|abort' "$LOG_DIR/$id.out" || tail -n1 "$LOG_DIR/$id.out")")
-        return 0
-    fi
+    bench_read_pgbench "$id" "$rc" || return 0
+    ntx=${ntx:-$n}
     [ "${failed:-0}" = 0 ] || RUN_ERRORS+=("$id: $failed failed transactions")
     R_TPS[$layer#$round]=$tps
     R_PG[$layer#$round]=$(awk -v d=$((pg1 - pg0)) -v hz="$CLK_TCK" -v n="$ntx" 'BEGIN { printf "%.0f", d / hz * 1e6 / n }')

@@ -18,6 +18,7 @@ pub const NOT_PREPARABLE: &str = "WA001";
 
 /// Fires deferred constraints, then reads the transaction id, the commit time, the buffer, the spill flag
 /// and the sequence positions (`waly.sequence_positions()` is called only when the transaction inserted).
+/// `bench/layers.sh` runs a copy of this query and of [`first_round_trip`]: change them together.
 const CAPTURE_QUERY: &str = "SET CONSTRAINTS ALL IMMEDIATE; \
      SELECT pg_current_xact_id_if_assigned()::text, \
             to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
