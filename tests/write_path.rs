@@ -458,6 +458,61 @@ async fn resetting_the_capture_buffer_is_refused_inside_transactions() {
 }
 
 #[tokio::test]
+async fn records_carry_the_application_name_the_session_has_at_commit() {
+    let s = Served::new("wp_app_name");
+    psql(&s.url(), "create table t (id int primary key);");
+    let c = connect(&format!("{}?application_name=checkout", s.url())).await;
+    let before = s.waly.log_end().await as usize;
+    let steps = [
+        // As given at connection.
+        ("insert into t values (1)", Some("checkout")),
+        // SET, in its own statement and beside the write it names.
+        (
+            "set application_name = 'billing'; insert into t values (2)",
+            Some("billing"),
+        ),
+        ("insert into t values (3)", Some("billing")),
+        // SET LOCAL for one transaction, undone at its end (Postgres reports the undoing after waly's
+        // own COMMIT PREPARED).
+        (
+            "begin; set local application_name = 'nightly-batch'; insert into t values (4); commit",
+            Some("nightly-batch"),
+        ),
+        ("insert into t values (5)", Some("billing")),
+        // A SET rolled back with its transaction.
+        (
+            "begin; set application_name = 'rolled-back'; rollback; insert into t values (6)",
+            Some("billing"),
+        ),
+        // Emptied, then back to the connection's.
+        ("set application_name = ''; insert into t values (7)", None),
+        (
+            "reset application_name; insert into t values (8)",
+            Some("checkout"),
+        ),
+    ];
+    for (sql, _) in &steps {
+        c.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let records = s.waly.records().await;
+    let names: Vec<Option<&str>> = records[before..]
+        .iter()
+        .map(|r| r.session.application_name.as_deref())
+        .collect();
+    let expected: Vec<Option<&str>> = steps.iter().map(|(_, name)| *name).collect();
+    assert_eq!(names, expected, "application_name per record, in order");
+    // What Postgres itself reports to the client.
+    let shown: String = c
+        .query_one("select current_setting('application_name')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shown, "checkout");
+}
+
+#[tokio::test]
 async fn pgbench_tpcb_like_at_8_clients_rebuilds_exactly() {
     let s = Served::new("wp_pgbench");
     let url = s.url();
@@ -596,6 +651,85 @@ async fn a_transaction_pipelined_in_one_batch_is_logged_and_answered_like_postgr
         inserts_into(&records, "t"),
         7,
         "every committed row is logged"
+    );
+    s.assert_replay_equals_live();
+}
+
+/// The ids inserted into `table` by the records, in log order.
+fn inserted_ids(records: &[waly::record::Record], table: &str) -> Vec<i64> {
+    records
+        .iter()
+        .flat_map(|r| &r.changes)
+        .filter_map(|c| match c {
+            Change::Insert { table: t, new, .. } if t == table => {
+                let row: serde_json::Value = serde_json::from_str(new.get()).unwrap();
+                row["id"].as_i64()
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn writes_after_a_rollback_in_the_same_query_string_or_batch_are_logged() {
+    use support::raw::{RawClient, extended, shape, sync};
+    let s = Served::new("wp_rollback_then_write");
+    psql(&s.url(), "create table t (id int primary key);");
+    let direct_db = postgres().create_db("wp_rollback_then_write_direct");
+    psql(
+        &postgres().url(&direct_db),
+        "create table t (id int primary key);",
+    );
+    // Postgres runs what follows a ROLLBACK in a query string (or a batch) in a transaction of its own,
+    // committed at the end of the string (or at the Sync).
+    let strings = [
+        "begin; insert into t values (1); rollback; insert into t values (2)",
+        "rollback; insert into t values (3)",
+        "begin; select 1; abort; insert into t values (4); insert into t values (5)",
+    ];
+    let batch = [
+        extended("begin"),
+        extended("insert into t values (6)"),
+        extended("rollback"),
+        extended("insert into t values (7)"),
+        sync(),
+    ]
+    .concat();
+    let mut shapes = Vec::new();
+    for (port, db) in [
+        (postgres().port, direct_db.as_str()),
+        (s.waly.port, s.db.as_str()),
+    ] {
+        let mut c = RawClient::connect(port, db, PG_PASSWORD);
+        let mut replies = Vec::new();
+        for sql in strings {
+            c.send(&support::raw::query(sql));
+            replies.push(shape(&c.recv_until_ready(1)));
+        }
+        // Inside a transaction: ROLLBACK ends the client's transaction, the INSERT gets its own.
+        c.send(&support::raw::query("begin; insert into t values (8)"));
+        replies.push(shape(&c.recv_until_ready(1)));
+        c.send(&support::raw::query("rollback; insert into t values (9)"));
+        replies.push(shape(&c.recv_until_ready(1)));
+        c.send(&batch);
+        replies.push(shape(&c.recv_until_ready(1)));
+        shapes.push(replies);
+    }
+    assert_eq!(shapes[0], shapes[1], "direct vs waly, reply by reply");
+    let live: Vec<i64> = connect(&postgres().url(&s.db))
+        .await
+        .query("select id::int8 from t order by id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(live, [2, 3, 4, 5, 7, 9], "what Postgres committed");
+    let records = s.waly.records().await;
+    assert_eq!(
+        inserted_ids(&records, "t"),
+        [2, 3, 4, 5, 9, 7],
+        "every committed row is logged in commit order, nothing rolled back is"
     );
     s.assert_replay_equals_live();
 }

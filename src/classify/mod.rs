@@ -147,6 +147,13 @@ impl Classification {
         self.has(TransactionControl::Commit)
     }
 
+    /// True when a ROLLBACK (or ABORT) sits among statements that may write: the statements after it run
+    /// in a transaction of their own, which Postgres would commit at the end of the query string or
+    /// batch, so waly must run them as a request of their own (and commit them through the log).
+    pub fn rolls_back_among_writes(&self) -> bool {
+        self.has(TransactionControl::Rollback) && self.may_write()
+    }
+
     /// True when one of the statements opens a transaction block.
     pub fn begins(&self) -> bool {
         self.has(TransactionControl::Begin)

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::own::OwnQueries;
 use super::relay::{Buffers, Ending, Relay, forward, write_now};
 use super::tracker::{Seen, inspect_frontend};
-use crate::classify::{Classification, Refusal, StatementKind};
+use crate::classify::{Classification, Refusal, StatementKind, TransactionControl};
 use crate::commit::{self, Failure, Outcome};
 use crate::operations::{Matcher, Rewrite};
 use crate::record::Statement;
@@ -184,10 +184,20 @@ enum PieceKind {
 struct Batch {
     bytes: BytesMut,
     effects: Effects,
-    /// Executes of COMMIT in `bytes`: (start, end).
-    commits: Vec<(usize, usize)>,
+    /// Executes of COMMIT and ROLLBACK in `bytes`, where the batch is split.
+    ends: Vec<End>,
     /// Per Execute: where it ends, what it does and its statement, to split the batch at COMMITs.
     executes: Vec<(usize, Effects, Option<Statement>)>,
+}
+
+/// An Execute that ends a transaction inside a batch: the batch is split there.
+#[derive(Clone, Copy)]
+struct End {
+    start: usize,
+    end: usize,
+    /// COMMIT (the commit protocol runs in its place); otherwise ROLLBACK, which runs as the last
+    /// statement of the part before it, so what follows it is decided (wrapped) on its own.
+    commit: bool,
 }
 
 /// Reads must not wait; everything else that depends on the transaction status must.
@@ -362,7 +372,7 @@ where
                     let batch = &self.flow.batch;
                     if held
                         || (!self.flow.steps.is_empty()
-                            && needs_status(batch.effects, !batch.commits.is_empty()))
+                            && needs_status(batch.effects, !batch.ends.is_empty()))
                     {
                         return Ok(Pumped::Idle);
                     }
@@ -408,7 +418,7 @@ where
     async fn caught_up(&mut self, b: &mut Buffers, held: bool) -> Result<Pumped, Ending> {
         // A COMMIT is never sent before its batch is complete: the client cannot be waiting for it.
         let waiting_batch = !self.flow.batch.executes.is_empty()
-            && self.flow.batch.commits.is_empty()
+            && self.flow.batch.ends.is_empty()
             && !self.flow.streaming;
         if waiting_batch && !held && self.flow.steps.is_empty() && self.flow.pieces.is_empty() {
             self.finish_batch(b, Tail::Flush).await?;
@@ -428,7 +438,10 @@ where
                 let class = self.tracker.classify(sql);
                 class.resets_all
                     || (class.refusal.is_none()
-                        && needs_status(Effects::of(&class), class.commits()))
+                        && needs_status(
+                            Effects::of(&class),
+                            class.commits() || class.rolls_back_among_writes(),
+                        ))
             }
             None => false,
         }
@@ -479,9 +492,12 @@ where
             message = bytes;
         }
         if class.statements.len() > 1
-            && (class.commits() || class.statements.contains(&StatementKind::Ddl))
+            && (class.commits()
+                || class.rolls_back_among_writes()
+                || class.statements.contains(&StatementKind::Ddl))
         {
-            // Split at COMMIT (the commit protocol runs there) and around DDL (each DDL change is
+            // Split at COMMIT (the commit protocol runs there), after ROLLBACK (what follows it runs in
+            // a transaction of its own, which waly must wrap) and around DDL (each DDL change is
             // recorded with its own statement's text, which replay executes).
             let text = messages::query_text(&message[5..])
                 .unwrap_or_default()
@@ -584,6 +600,9 @@ where
         let commit = seen
             .as_ref()
             .is_some_and(|s| s.class.commits() && s.class.refusal.is_none());
+        let rollback = seen.as_ref().is_some_and(|s| {
+            s.class.has(TransactionControl::Rollback) && s.class.refusal.is_none()
+        });
         if self.flow.streaming {
             if commit {
                 // End the part already sent with a Sync of waly's own, then commit, then go on with the
@@ -615,9 +634,20 @@ where
         if let Some(seen) = seen {
             let effects = Effects::of(&seen.class);
             if commit {
-                batch.commits.push((start, batch.bytes.len()));
+                batch.ends.push(End {
+                    start,
+                    end: batch.bytes.len(),
+                    commit: true,
+                });
             } else {
                 batch.effects.add(effects);
+                if rollback {
+                    batch.ends.push(End {
+                        start,
+                        end: batch.bytes.len(),
+                        commit: false,
+                    });
+                }
             }
             batch
                 .executes
@@ -636,9 +666,26 @@ where
         let mut executes = batch.executes.into_iter().peekable();
         let mut rest = batch.bytes;
         let mut base = 0;
-        for (start, end) in batch.commits.iter().copied() {
+        for End { start, end, commit } in batch.ends.iter().copied() {
             let mut effects = Effects::default();
             let mut statements = Vec::new();
+            if !commit {
+                if !executes.clone().any(|(at, e, _)| at > end && e.may_write) {
+                    continue;
+                }
+                // The part up to and including the ROLLBACK, ended with a Sync of waly's own.
+                while let Some((_, e, s)) = executes.next_if(|(at, _, _)| *at <= end) {
+                    effects.add(e);
+                    statements.extend(s);
+                }
+                let mut part = rest.split_to(end - base);
+                encode::sync(&mut part);
+                self.flow
+                    .pieces
+                    .push_back(request(part, effects, false, statements));
+                base = end;
+                continue;
+            }
             while let Some((_, e, s)) = executes.next_if(|(at, _, _)| *at <= start) {
                 effects.add(e);
                 statements.extend(s);
@@ -786,6 +833,9 @@ where
                     if matches!(tag, b'E' | b't') && !self.flow.steps.front().is_some_and(|s| s.own)
                     {
                         self.tracker.on_backend(tag, body);
+                    }
+                    if tag == b'S' {
+                        super::follow_parameter(body, &mut self.write.session.application_name);
                     }
                     (tag, len, status)
                 }
@@ -1049,6 +1099,7 @@ where
             inbox: &mut b.from_backend,
             scanner: &mut self.backend_frames,
             to_client: &mut b.to_client,
+            application_name: &mut self.write.session.application_name,
         }
     }
 
@@ -1108,7 +1159,7 @@ fn request(bytes: BytesMut, effects: Effects, last: bool, statements: Vec<Statem
 
 /// Backend messages the write path must see whole.
 fn inspect_server(tag: u8) -> bool {
-    matches!(tag, b'Z' | b'E' | b'G' | b'W' | b't' | b'C')
+    matches!(tag, b'Z' | b'E' | b'G' | b'W' | b't' | b'C' | b'S')
 }
 
 /// Something other than ReadyForQuery follows a held CommandComplete: it was not the last, send it in

@@ -33,6 +33,15 @@ use relay::Relay;
 pub use stream::ClientStream;
 use tracker::ProtocolTracker;
 
+/// Follows a `ParameterStatus` from Postgres: the application_name that the session's records carry is
+/// the one Postgres reports (after `SET application_name`, `SET LOCAL` and their undoing), not only the
+/// one given at connection. An empty name is none.
+fn follow_parameter(body: &[u8], application_name: &mut Option<String>) {
+    if let Some(("application_name", value)) = crate::wire::messages::parameter_status(body) {
+        *application_name = (!value.is_empty()).then(|| value.to_owned());
+    }
+}
+
 /// A session past its handshake, ready to relay.
 struct Established {
     client: ClientStream,
@@ -349,7 +358,9 @@ async fn handshake(stream: TcpStream, ctx: &ServerContext) -> Option<Established
         backend: login.stream,
         cancel_key,
         cancel_target,
-        application_name: StartupPacket::param(&params, "application_name").map(str::to_owned),
+        application_name: StartupPacket::param(&params, "application_name")
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned),
         user,
         database,
     })

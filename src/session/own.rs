@@ -18,6 +18,8 @@ pub struct OwnQueries<'a> {
     pub scanner: &'a mut FrameScanner,
     /// Where messages for the client go.
     pub to_client: &'a mut BytesMut,
+    /// The session's application_name, kept as Postgres reports it.
+    pub application_name: &'a mut Option<String>,
 }
 
 impl Backend for OwnQueries<'_> {
@@ -63,7 +65,11 @@ impl Backend for OwnQueries<'_> {
                     self.inbox.advance(len);
                     return Ok(reply);
                 }
-                b'N' | b'A' | b'S' => self.to_client.extend_from_slice(&self.inbox[..len]),
+                b'S' => {
+                    super::follow_parameter(body, self.application_name);
+                    self.to_client.extend_from_slice(&self.inbox[..len]);
+                }
+                b'N' | b'A' => self.to_client.extend_from_slice(&self.inbox[..len]),
                 _ => {}
             }
             self.inbox.advance(len);

@@ -73,6 +73,12 @@ pub fn close_message(body: &[u8]) -> Option<(u8, &str)> {
     Some((kind, cstr(body, &mut 1)?))
 }
 
+/// `ParameterStatus`: the parameter's name and its new value.
+pub fn parameter_status(body: &[u8]) -> Option<(&str, &str)> {
+    let mut at = 0;
+    Some((cstr(body, &mut at)?, cstr(body, &mut at)?))
+}
+
 /// `ReadyForQuery`: the transaction status byte (`I`, `T` or `E`).
 pub fn ready_status(body: &[u8]) -> Option<u8> {
     body.first().copied()
