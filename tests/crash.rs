@@ -326,10 +326,10 @@ fn assert_replay_equals_live(
 ) {
     let end = std::thread::scope(|s| {
         s.spawn(|| {
-            tokio::runtime::Runtime::new()
-                .unwrap()
-                .block_on(log_records(access))
-                .len()
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            // Every commit decided first: the replay must not stop short of the end.
+            rt.block_on(log_records(access));
+            rt.block_on(access.raw_end())
         })
         .join()
         .unwrap()
@@ -523,7 +523,7 @@ async fn a_torn_tail_is_cut_with_a_warning_and_writes_and_replay_still_work() {
     let status = waly.stop_gracefully(Duration::from_secs(30));
     assert!(status.success(), "{status}:\n{}", waly.logs());
     let before = log_records(&access).await;
-    let end = before.last().unwrap().0;
+    let end = access.raw_end().await;
 
     // What a crash in the middle of writing the next batch leaves: the start of a record frame (length,
     // checksum, position, timestamp, batch index) and the first bytes of its payload.
@@ -585,7 +585,13 @@ async fn a_torn_tail_is_cut_with_a_warning_and_writes_and_replay_still_work() {
     assert!(status.success(), "{status}:\n{}", waly.logs());
     let direct = connect(&pg.url(&db)).await.unwrap();
     let records = assert_consistent("after the cut", &direct, &access, &acked).await;
-    assert_eq!(records as u64, end.0 + 20, "positions after the cut");
+    assert_eq!(records, before.len() + 20, "records after the cut");
+    let first_after = log_records(&access).await[before.len()].0;
+    assert_eq!(
+        first_after,
+        end.next(),
+        "the first record after the cut takes its position"
+    );
 
     let target = pg.create_db("crash_torn_replay");
     assert_replay_equals_live(
@@ -1034,11 +1040,12 @@ async fn a_commit_whose_backend_connection_breaks_while_it_waits_leaves_nothing_
         "COMMIT was acknowledged although waly lost its backend before the record was written"
     );
 
-    // The backend, unaware, ran on to PREPARE TRANSACTION once the check finished. Nothing holds that
-    // gid any more: a recovery pass must roll it back (it never reached the log), freeing the row.
+    // Two-phase: the backend, unaware, ran on to PREPARE TRANSACTION once the check finished. Nothing
+    // holds that gid any more: a recovery pass must roll it back (it never reached the log), freeing the
+    // row. Direct: the backend finds its client gone once the check finished and rolls back by itself.
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut saw_orphan = false;
-    loop {
+    while two_phase() {
         let left = prepared_waly_xacts(&direct).await;
         saw_orphan |= !left.is_empty();
         if left.is_empty() && waly.logs().contains("rolled back a prepared transaction") {

@@ -20,7 +20,7 @@ use tokio_postgres::{Client, NoTls};
 use support::*;
 use waly::log::{FileLog, FileLogConfig, Log, Position};
 use waly::record::{
-    CAPTURE_COLUMNS, Change, FORMAT_VERSION, Record, SessionInfo, changes_from_capture,
+    CAPTURE_COLUMNS, Change, CommitKind, FORMAT_VERSION, Record, SessionInfo, changes_from_capture,
 };
 use waly::replay::{self, ReplayOptions, ReplayStats};
 
@@ -148,6 +148,9 @@ async fn commit_logged(c: &Client, log: &FileLog) -> Option<Position> {
         format: FORMAT_VERSION,
         txid: who.get(0),
         gid: String::new(),
+        commit: CommitKind::Prepared,
+        writer: String::new(),
+        decided_through: None,
         committed_at: who.get(3),
         session: SessionInfo {
             user: who.get(1),

@@ -79,6 +79,9 @@ struct ConfigArgs {
     /// The operations catalog (operations.yaml).
     #[arg(long, env = "WALY_OPERATIONS", global = true)]
     operations: Option<PathBuf>,
+    /// How write transactions commit behind their record: direct (default) or two-phase.
+    #[arg(long, env = "WALY_COMMIT_PROTOCOL", global = true)]
+    commit_protocol: Option<String>,
 }
 
 impl ConfigArgs {
@@ -98,6 +101,7 @@ impl ConfigArgs {
             log_backend: self.log_backend,
             kafka_brokers: self.kafka_brokers,
             operations: self.operations,
+            commit_protocol: self.commit_protocol,
         };
         let config = config::load(self.config.as_deref(), &overrides)?;
         waly::telemetry::init(config.log_format);

@@ -15,6 +15,7 @@ use tokio_postgres::Client;
 use waly::log::{LogReader, Position, open_reader};
 use waly::operations::Catalog;
 use waly::record::Record;
+use waly::replay::source::Source;
 use waly::replay::{self, OpsOptions, OpsStats, ReplayOptions};
 
 use super::ConfigArgs;
@@ -53,7 +54,7 @@ enum Mode {
     Ops,
 }
 
-/// Records read from the log per step.
+/// Records applied per step.
 const CHUNK: usize = 2000;
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
@@ -88,18 +89,38 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
             },
         };
         let progress = progress_bar(end.0 - start.0);
-        let (mut from, began) = (start.next(), SystemTime::now());
-        while from <= end {
-            let records = read_chunk(reader.as_ref(), from, end).await?;
-            let last = records.last().map(|(p, _)| *p).expect("at least one entry");
+        let began = SystemTime::now();
+        let mut source = Source::new(reader.as_ref(), start, end);
+        loop {
+            let records = source.chunk(CHUNK).await?;
+            let Some(last) = records.last().map(|(p, _)| *p) else {
+                break;
+            };
             replayer.apply(&target, records).await?;
             progress.set_position(last.0 - start.0);
             progress.set_message(replayer.progress());
-            from = last.next();
         }
         progress.finish_and_clear();
         let secs = began.elapsed().unwrap_or_default().as_secs_f64().max(1e-9);
-        println!("{}", replayer.report(start, end, secs));
+        let waiting = source.waiting().map(|(p, r)| (p, r.writer.clone()));
+        let reached = waiting.as_ref().map_or(end, |(p, _)| Position(p.0 - 1));
+        println!("{}", replayer.report(start, reached, secs));
+        if source.not_committed > 0 {
+            println!(
+                "skipped {} records of direct commits that did not commit (outcome records say so)",
+                source.not_committed
+            );
+        }
+        if let Some((position, writer)) = waiting {
+            let why = format!(
+                "stopped before position {position}: no record says yet how its commit ended (written by waly {writer}; \
+                 a running waly decides it within moments, a stopped one when it starts again). Run the replay again to continue"
+            );
+            if args.to.is_some() || args.until.is_some() {
+                bail!("{why}");
+            }
+            eprintln!("waly replay: {why}");
+        }
         anyhow::Ok(())
     })
 }
@@ -139,25 +160,6 @@ async fn replay_end(
         }
     }
     Ok(end)
-}
-
-/// The records from `from` on, at most [`CHUNK`], none after `end`; never empty.
-async fn read_chunk(
-    reader: &dyn LogReader,
-    from: Position,
-    end: Position,
-) -> anyhow::Result<Vec<(Position, Record)>> {
-    let entries = reader.read(from, CHUNK).await?;
-    if entries.is_empty() {
-        bail!("the log ended at position {} before {end}", from.0 - 1);
-    }
-    let mut records = Vec::with_capacity(entries.len());
-    for entry in entries.into_iter().take_while(|e| e.position <= end) {
-        let record = Record::from_json(&entry.payload)
-            .with_context(|| format!("record at position {}", entry.position))?;
-        records.push((entry.position, record));
-    }
-    Ok(records)
 }
 
 /// One replay mode and what it has done so far.

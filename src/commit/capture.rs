@@ -17,15 +17,22 @@ use crate::record::CAPTURE_COLUMNS;
 pub const NOT_PREPARABLE: &str = "WA001";
 
 /// Fires deferred constraints, then reads the transaction id, the commit time, the buffer, the spill flag
-/// and the sequence positions (`waly.sequence_positions()` is called only when the transaction inserted).
+/// and the sequence positions (`waly.sequence_positions()` is called only when the transaction inserted),
+/// whether PREPARE TRANSACTION is impossible here (the session used temporary objects, or Postgres has
+/// prepared transactions disabled), and makes the commit wait for Postgres' WAL flush even where the
+/// session turned `synchronous_commit` off: once waly tells the log a transaction committed, a crash of
+/// Postgres must not take it back.
 /// `bench/layers.sh` runs a copy of this query and of [`first_round_trip`]: change them together.
-const CAPTURE_QUERY: &str = "SET CONSTRAINTS ALL IMMEDIATE; \
+pub const CAPTURE_QUERY: &str = "SET CONSTRAINTS ALL IMMEDIATE; \
      SELECT pg_current_xact_id_if_assigned()::text, \
             to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
             current_setting('waly.capture', true), \
             current_setting('waly.capture_spilled', true), \
             CASE WHEN current_setting('waly.capture_tables', true) <> '' \
-                 THEN waly.sequence_positions(current_setting('waly.capture_tables', true)) END";
+                 THEN waly.sequence_positions(current_setting('waly.capture_tables', true)) END, \
+            pg_my_temp_schema() <> 0 OR current_setting('max_prepared_transactions') = '0', \
+            CASE WHEN current_setting('synchronous_commit') = 'off' \
+                 THEN set_config('synchronous_commit', 'local', true) END";
 
 /// The first round trip: [`CAPTURE_QUERY`], then `PREPARE TRANSACTION gid` unless the check under the
 /// savepoint raises [`NOT_PREPARABLE`] (then the query stops there, and [`UNDO_CHECK`] puts the
@@ -56,6 +63,8 @@ pub struct Captured {
     pub spilled: bool,
     /// `waly.sequence_positions()`'s JSON array, when the transaction inserted into tables owning some.
     pub sequences: Option<String>,
+    /// PREPARE TRANSACTION would fail here: the transaction must commit directly.
+    pub prepare_impossible: bool,
 }
 
 impl Captured {
@@ -75,6 +84,7 @@ impl Captured {
             buffer: next().unwrap_or_default(),
             spilled: next().as_deref() == Some("on"),
             sequences: next(),
+            prepare_impossible: next().as_deref() == Some("t"),
         }
     }
 }

@@ -3,23 +3,35 @@
 //!
 //! At the client's COMMIT (or at the end of an autocommit statement the session wrapped in a transaction),
 //! the session hands its backend connection to [`commit`], which: makes deferred constraints fire, takes
-//! this transaction's capture rows, builds the [`Record`], `PREPARE TRANSACTION`s it, appends the record
-//! and waits until the log says it is durable, then `COMMIT PREPARED`s it. A failed append rolls the
-//! prepared transaction back. [`recovery`] resolves what a crash left prepared: committed when its record
-//! is in the log, rolled back otherwise.
+//! this transaction's capture rows, builds the [`Record`](crate::record::Record), appends the record and
+//! waits until the log says it is durable, then commits. By default the commit is a plain `COMMIT`
+//! ([`direct`]; [`decisions`] keeps the log told how each one ended, [`direct_recovery`] decides what a
+//! crash left undecided); with `commit_protocol: two-phase` the transaction is prepared before the
+//! append and committed with `COMMIT PREPARED` after it ([`two_phase`]; [`recovery`] resolves what a
+//! crash left prepared: committed when its record is in the log, rolled back otherwise). A failed
+//! append rolls the transaction back.
 //!
 //! This module owns that sequence and its failure cases. It never reads or writes client messages and
 //! never decides *when* a transaction ends: that is the session's job.
 
 mod backend;
 mod capture;
+mod decided;
+pub mod decisions;
+mod direct;
+pub mod direct_recovery;
 mod in_flight;
+mod leftovers;
 mod protocol;
 pub mod recovery;
+mod two_phase;
 
 pub use backend::{Backend, BackendLost, QueryResult, Reply, ServerError};
+pub use decided::DecidedFile;
+pub use decisions::{Decisions, LogDecisions, Ticket};
 pub use in_flight::InFlight;
-pub use protocol::{Failure, Lost, Outcome, commit, log_committed_leftovers};
+pub use leftovers::log_committed_leftovers;
+pub use protocol::{Commit, Failure, Lost, Outcome, commit};
 pub use recovery::{Resolver, recover_at_start};
 
 /// The prefix of every global transaction identifier waly prepares; nothing else may use it.

@@ -1,14 +1,24 @@
-//! The sequence itself: capture, record, PREPARE, durable append, COMMIT PREPARED.
-
-use bytes::Bytes;
+//! The sequence itself: capture, record, durable append, then the commit, in one of two ways.
+//!
+//! - **Direct** (the default): the record is appended while the transaction is still open, then a
+//!   plain `COMMIT` makes it visible ([`direct`]). When that COMMIT fails, an outcome record says so.
+//! - **Two-phase**: `PREPARE TRANSACTION` before the append, `COMMIT PREPARED` after it
+//!   ([`two_phase`]); used with `commit_protocol: two-phase`, except for transactions Postgres cannot
+//!   prepare, which commit directly.
+//!
+//! Both share the first round trip (deferred constraints, the capture read, and for two-phase the
+//! PREPARE) and the record; this file owns those, the other two their own tail.
 
 use super::backend::{Backend, BackendLost, ServerError};
 use super::capture::{self, Captured};
+use super::decisions::{Decisions, Ticket};
 use super::in_flight::InFlight;
-use crate::log::{Log, Position};
+use super::{direct, two_phase};
+use crate::config::CommitProtocol;
+use crate::log::Position;
 use crate::operations::Matcher;
 use crate::record::{
-    CAPTURE_COLUMNS, FORMAT_VERSION, Record, RecordError, SessionInfo, Statement,
+    Change, CommitKind, FORMAT_VERSION, Record, RecordError, SessionInfo, Statement,
     changes_from_buffer, changes_from_capture_text,
 };
 use crate::wire::{PgError, SqlState};
@@ -24,7 +34,8 @@ pub enum Outcome {
 
 #[derive(Debug)]
 pub enum Failure {
-    /// Postgres refused (a deferred constraint, PREPARE impossible, ...), possibly with waly's hint.
+    /// Postgres refused (a deferred constraint, a serialization failure at COMMIT, ...), possibly with
+    /// waly's hint.
     Postgres {
         error: ServerError,
         hint: Option<&'static str>,
@@ -34,8 +45,9 @@ pub enum Failure {
     /// The operations catalog refused the transaction: an invalid parameter, or a write strict mode
     /// forbids. Rolled back; nothing logged.
     Refused(PgError),
-    /// The append's outcome is in doubt, and reading the log will tell after `settles_after`: the
-    /// caller hands `gid` to the [`super::Resolver`], which commits or rolls it back then.
+    /// A prepared transaction's append is in doubt, and reading the log will tell after
+    /// `settles_after`: the caller hands `gid` to the [`super::Resolver`], which commits or rolls it back
+    /// then.
     InDoubt {
         error: PgError,
         gid: InFlight,
@@ -46,37 +58,51 @@ pub enum Failure {
     },
 }
 
+/// Everything the protocol needs besides the backend connection.
+pub struct Commit<'a> {
+    /// The log the record goes to, and this process's direct commits in it.
+    pub decisions: &'a std::sync::Arc<Decisions>,
+    pub session: &'a SessionInfo,
+    /// This process's gid token (see [`super::gid`]).
+    pub boot: &'a str,
+    pub protocol: CommitProtocol,
+}
+
 /// Commits the transaction open on `backend` through the log. `statements` are the client's write
-/// statements in this transaction; `boot` is this process's gid token (see [`super::gid`]); `matcher`
-/// recognises the transaction's domain operations, or refuses it.
+/// statements in this transaction; `matcher` recognises the transaction's domain operations, or refuses
+/// it.
 ///
-/// `Err(BackendLost)` means the connection broke; what it leaves prepared is resolved by the caller's
-/// [`super::Resolver`] (the error says how) or by recovery at the next start.
+/// `Err(Lost)` means the connection broke; what it leaves undecided is resolved through the
+/// [`super::Resolver`] (a prepared gid the caller hands over, a direct commit's ticket by itself when the
+/// `Lost` is dropped) or by recovery at the next start.
 pub async fn commit(
     backend: &mut impl Backend,
-    log: &dyn Log,
-    session: &SessionInfo,
+    how: &Commit<'_>,
     statements: Vec<Statement>,
-    boot: &str,
     matcher: &mut Matcher,
 ) -> Result<Outcome, Lost> {
     // Claimed before anything can prepare it, so no recovery pass decides it while this runs.
-    let claim = InFlight::claim(super::gid(boot, &super::next_gid_number()));
-    let gid = claim.gid().to_owned();
+    let claim = InFlight::claim(super::gid(how.boot, &super::next_gid_number()));
+    let two_phase = how.protocol == CommitProtocol::TwoPhase;
+    let first = if two_phase {
+        capture::first_round_trip(claim.gid())
+    } else {
+        capture::CAPTURE_QUERY.to_owned()
+    };
     let reply = backend
-        .query(&capture::first_round_trip(&gid))
+        .query(&first)
         .await
-        .map_err(|e| Lost::resolve(e, &claim, false))?;
-    let mut prepared = true;
+        .map_err(|e| Lost::prepared(e, &claim, false))?;
+    let mut prepared = two_phase;
     if let Some(error) = &reply.error {
         if error.code() != capture::NOT_PREPARABLE {
             // A deferred constraint failed (that is the COMMIT's error), or PREPARE did; either ends the
             // transaction.
             let error = error.clone();
             if reply.status != b'I' {
-                rollback(backend, "ROLLBACK").await?;
+                rollback(backend).await?;
             }
-            let hint = prepare_hint(error.code());
+            let hint = two_phase::prepare_hint(error.code());
             return Ok(Outcome::Failed(Failure::Postgres { error, hint }));
         }
         let undone = backend
@@ -84,25 +110,80 @@ pub async fn commit(
             .await
             .map_err(Lost::nothing)?;
         if let Some(error) = undone.error {
-            rollback(backend, "ROLLBACK").await?;
+            rollback(backend).await?;
             return Ok(Outcome::Failed(Failure::Postgres { error, hint: None }));
         }
         prepared = false;
     }
-    // The transaction to roll back from here on, when it must be abandoned.
-    let open = prepared.then_some(&claim);
     let captured = Captured::from_reply(reply);
+    let kind = if !two_phase || (!prepared && captured.prepare_impossible) {
+        CommitKind::Direct
+    } else {
+        CommitKind::Prepared
+    };
+    let open = prepared.then_some(&claim);
+    let changes = match read_changes(backend, &captured, open).await? {
+        Read::Changes(changes) => changes,
+        Read::Nothing => return plain_commit(backend).await,
+        Read::Failed(failure) => return Ok(Outcome::Failed(failure)),
+    };
+    let operations = match matcher.recognize(&statements, &changes) {
+        Ok(operations) => operations,
+        Err(error) => {
+            abandon(backend, open).await?;
+            return Ok(Outcome::Failed(Failure::Refused(error)));
+        }
+    };
+    let txid = captured.txid.unwrap_or_default();
+    let record = Record {
+        format: FORMAT_VERSION,
+        txid,
+        gid: claim.gid().to_owned(),
+        commit: kind,
+        writer: how.decisions.writer().to_owned(),
+        decided_through: None,
+        committed_at: captured.committed_at,
+        session: how.session.clone(),
+        statements,
+        operations,
+        changes,
+    };
+    if kind == CommitKind::Direct {
+        // Never prepared: the gid only names the commit.
+        drop(claim);
+        direct::finish(backend, how.decisions, record).await
+    } else {
+        two_phase::finish(backend, how.decisions, record, claim, prepared).await
+    }
+}
+
+/// What the capture holds.
+enum Read {
+    Changes(Vec<Change>),
+    /// The transaction wrote nothing waly captures (row locks, temporary tables only).
+    Nothing,
+    /// The transaction was rolled back.
+    Failed(Failure),
+}
+
+/// The transaction's row changes: from the buffer the first round trip read, or, when it spilled, from
+/// `waly.capture`. `prepared` is the gid when the first round trip prepared the transaction.
+async fn read_changes(
+    backend: &mut impl Backend,
+    captured: &Captured,
+    prepared: Option<&InFlight>,
+) -> Result<Read, Lost> {
     let read = match (&captured.txid, captured.spilled, prepared) {
         // Read-only, or wrote nothing at all (never prepared: the check wants a non-empty buffer).
-        (None, _, false) => return plain_commit(backend).await,
-        (Some(_), true, false) => {
+        (None, _, None) => return Ok(Read::Nothing),
+        (Some(_), true, None) => {
             let reply = backend
                 .query(&capture::SPILLED_QUERY)
                 .await
                 .map_err(Lost::nothing)?;
             if let Some(error) = reply.error {
-                rollback(backend, "ROLLBACK").await?;
-                return Ok(Outcome::Failed(Failure::Postgres { error, hint: None }));
+                rollback(backend).await?;
+                return Ok(Read::Failed(Failure::Postgres { error, hint: None }));
             }
             let rows = reply
                 .results
@@ -114,134 +195,26 @@ pub async fn commit(
         }
         (Some(_), false, _) => changes_from_buffer(&captured.buffer, captured.sequences.as_deref()),
         // The check passed although the transaction has no id or spilled: never taken as written.
-        (None, _, true) | (Some(_), true, true) => Ok(Vec::new()),
+        (None, _, Some(_)) | (Some(_), true, Some(_)) => Ok(Vec::new()),
     };
-    let changes = match read {
-        Ok(changes) => changes,
-        Err(e) => {
-            abandon(backend, open).await?;
-            return Ok(Outcome::Failed(Failure::Waly(unreadable(&e))));
-        }
-    };
-    if changes.is_empty() {
-        if prepared {
-            abandon(backend, open).await?;
-            return Ok(Outcome::Failed(Failure::Waly(
+    match read {
+        Ok(changes) if !changes.is_empty() => Ok(Read::Changes(changes)),
+        Ok(_) if prepared.is_none() => Ok(Read::Nothing),
+        Ok(_) => {
+            abandon(backend, prepared).await?;
+            Ok(Read::Failed(Failure::Waly(
                 PgError::error(
                     SqlState::INTERNAL_ERROR,
                     "waly prepared a transaction whose row changes it could not read",
                 )
                 .with_detail("The transaction was rolled back; nothing was logged."),
-            )));
-        }
-        // Wrote nothing waly captures (row locks, temporary tables): nothing to log.
-        return plain_commit(backend).await;
-    }
-    let txid = captured.txid.unwrap_or_default();
-    let operations = match matcher.recognize(&statements, &changes) {
-        Ok(operations) => operations,
-        Err(error) => {
-            abandon(backend, open).await?;
-            return Ok(Outcome::Failed(Failure::Refused(error)));
-        }
-    };
-    let record = Record {
-        format: FORMAT_VERSION,
-        txid,
-        gid: gid.clone(),
-        committed_at: captured.committed_at,
-        session: session.clone(),
-        statements,
-        operations,
-        changes,
-    };
-    let payload = Bytes::from(record.to_json());
-
-    if !prepared {
-        let reply = backend
-            .query(&format!("PREPARE TRANSACTION '{gid}'"))
-            .await
-            .map_err(|e| Lost::resolve(e, &claim, false))?;
-        if let Some(error) = reply.error {
-            // A failed PREPARE rolls the transaction back.
-            if reply.status != b'I' {
-                rollback(backend, "ROLLBACK").await?;
-            }
-            let hint = prepare_hint(error.code());
-            return Ok(Outcome::Failed(Failure::Postgres { error, hint }));
-        }
-    }
-
-    // Records the log acknowledged before this append was sent come before its record, if any.
-    let end_before = log.end();
-    let appending = std::time::Instant::now();
-    let appended = log.append(payload).await;
-    crate::log::latency::record(appending.elapsed());
-    let entry = match appended {
-        Ok(entry) => entry,
-        Err(e) if e.is_in_doubt() => {
-            let error = PgError::error(
-                e.sqlstate(),
-                format!("waly cannot tell whether this transaction was logged: {e}"),
-            );
-            return Ok(Outcome::Failed(match log.in_doubt_settles_after() {
-                Some(settles_after) => {
-                    tracing::error!(%gid, error = %e, settle_secs = settles_after.as_secs(), "append in doubt; the log decides the prepared transaction once the append has settled");
-                    Failure::InDoubt {
-                        error: error
-                            .with_detail(format!("The transaction is prepared as {gid}; within about {} s waly reads the log and commits it if its record is there, or rolls it back if not.", settles_after.as_secs() + 1))
-                            .with_hint("Check whether the transaction took effect before retrying it."),
-                        gid: claim,
-                        settles_after,
-                        after: end_before,
-                    }
-                }
-                None => {
-                    tracing::error!(%gid, error = %e, "append in doubt; the prepared transaction is left for recovery at the next start");
-                    // Only a restart, which reads the log as it is on disk, may decide it: the claim is
-                    // held for as long as this process runs.
-                    std::mem::forget(claim);
-                    Failure::Waly(
-                        error
-                            .with_detail(format!("The transaction is prepared as {gid}; it is committed or rolled back, by what the log holds, when waly restarts."))
-                            .with_hint("Restart waly."),
-                    )
-                }
-            }));
+            )))
         }
         Err(e) => {
-            abandon(backend, Some(&claim)).await?;
-            let hint = match e.sqlstate().0 {
-                "53100" => {
-                    "Free space where waly keeps its log (data_dir); reads keep working meanwhile."
-                }
-                _ => "Reads keep working; writes resume once the log accepts appends again.",
-            };
-            return Ok(Outcome::Failed(Failure::Waly(
-                PgError::error(
-                    e.sqlstate(),
-                    format!("waly could not log this transaction: {e}"),
-                )
-                .with_detail("The transaction was rolled back; nothing was logged or committed.")
-                .with_hint(hint),
-            )));
+            abandon(backend, prepared).await?;
+            Ok(Read::Failed(Failure::Waly(unreadable(&e))))
         }
-    };
-
-    let done = backend
-        .query(&format!("COMMIT PREPARED '{gid}'"))
-        .await
-        .map_err(|e| Lost::resolve(e, &claim, true))?;
-    if let Some(error) = done.error {
-        tracing::error!(%gid, position = %entry.position, code = error.code(), message = error.message(), "COMMIT PREPARED failed after the record was logged");
-        return Err(Lost {
-            reason: BackendLost(format!("COMMIT PREPARED failed: {}", error.message())),
-            resolve: Some((claim, true)),
-        });
     }
-    Ok(Outcome::Committed {
-        logged: Some(entry.position),
-    })
 }
 
 /// The protocol could not finish on this connection.
@@ -250,35 +223,49 @@ pub struct Lost {
     pub reason: BackendLost,
     /// A transaction that may be prepared, to resolve on another connection: `(gid, commit?)`.
     pub resolve: Option<(InFlight, bool)>,
+    /// A direct commit whose COMMIT's outcome is unknown: dropping it hands it to the resolver, which
+    /// asks Postgres.
+    pub undecided: Option<Ticket>,
 }
 
 impl Lost {
-    fn nothing(reason: BackendLost) -> Lost {
+    pub(super) fn nothing(reason: BackendLost) -> Lost {
         Lost {
             reason,
             resolve: None,
+            undecided: None,
         }
     }
 
-    fn resolve(reason: BackendLost, gid: &InFlight, commit: bool) -> Lost {
+    pub(super) fn prepared(reason: BackendLost, gid: &InFlight, commit: bool) -> Lost {
         Lost {
             reason,
             resolve: Some((gid.clone(), commit)),
+            undecided: None,
+        }
+    }
+
+    pub(super) fn undecided(reason: BackendLost, ticket: Ticket) -> Lost {
+        Lost {
+            reason,
+            resolve: None,
+            undecided: Some(ticket),
         }
     }
 }
 
-/// waly's hint for a failed PREPARE TRANSACTION.
-fn prepare_hint(code: &str) -> Option<&'static str> {
-    match code {
-        "0A000" => Some(
-            "waly commits logged transactions with PREPARE TRANSACTION, which Postgres refuses after temporary objects were used; keep temporary tables out of transactions that write logged tables.",
-        ),
-        "55000" => Some(
-            "waly needs prepared transactions: set max_prepared_transactions above 0 in postgresql.conf and restart Postgres.",
-        ),
-        _ => None,
-    }
+/// The client's error when the log refuses an append: the transaction was rolled back.
+pub(super) fn not_logged(e: &crate::log::LogError) -> PgError {
+    let hint = match e.sqlstate().0 {
+        "53100" => "Free space where waly keeps its log (data_dir); reads keep working meanwhile.",
+        _ => "Reads keep working; writes resume once the log accepts appends again.",
+    };
+    PgError::error(
+        e.sqlstate(),
+        format!("waly could not log this transaction: {e}"),
+    )
+    .with_detail("The transaction was rolled back; nothing was logged or committed.")
+    .with_hint(hint)
 }
 
 fn unreadable(e: &RecordError) -> PgError {
@@ -299,16 +286,19 @@ async fn plain_commit(backend: &mut impl Backend) -> Result<Outcome, Lost> {
 
 /// Rolls back the transaction: the one prepared as `prepared` (if the connection breaks meanwhile, the
 /// caller's resolver rolls it back), or the one open on the connection.
-async fn abandon(backend: &mut impl Backend, prepared: Option<&InFlight>) -> Result<(), Lost> {
+pub(super) async fn abandon(
+    backend: &mut impl Backend,
+    prepared: Option<&InFlight>,
+) -> Result<(), Lost> {
     let Some(claim) = prepared else {
-        return rollback(backend, "ROLLBACK").await;
+        return rollback(backend).await;
     };
     let gid = claim.gid();
     let sql = format!("ROLLBACK PREPARED '{gid}'");
     let reply = backend
         .query(&sql)
         .await
-        .map_err(|e| Lost::resolve(e, claim, false))?;
+        .map_err(|e| Lost::prepared(e, claim, false))?;
     if let Some(e) = reply.error {
         tracing::warn!(
             %gid,
@@ -320,109 +310,11 @@ async fn abandon(backend: &mut impl Backend, prepared: Option<&InFlight>) -> Res
     Ok(())
 }
 
-async fn rollback(backend: &mut impl Backend, sql: &str) -> Result<(), Lost> {
-    let reply = backend.query(sql).await.map_err(Lost::nothing)?;
+/// Rolls back the transaction open on the connection.
+pub(super) async fn rollback(backend: &mut impl Backend) -> Result<(), Lost> {
+    let reply = backend.query("ROLLBACK").await.map_err(Lost::nothing)?;
     if let Some(e) = reply.error {
-        tracing::warn!(
-            statement = sql,
-            code = e.code(),
-            message = e.message(),
-            "rollback failed"
-        );
+        tracing::warn!(code = e.code(), message = e.message(), "rollback failed");
     }
     Ok(())
-}
-
-/// Logs, after the fact, what statements that Postgres runs only outside a transaction block (CREATE
-/// INDEX CONCURRENTLY, ...) left in the capture: they cannot be prepared, so their record follows their
-/// commit instead of preceding it. The capture rows are taken in a transaction of waly's that commits only
-/// once the record is durable; if the append fails they stay for the next such statement to log. Returns
-/// the record's position, or `None` when there was nothing to log.
-pub async fn log_committed_leftovers(
-    backend: &mut impl Backend,
-    log: &dyn Log,
-    session: &SessionInfo,
-    statements: Vec<Statement>,
-    matcher: &mut Matcher,
-) -> Result<Result<Option<Position>, PgError>, Lost> {
-    let reply = backend
-        .query(&format!(
-            "BEGIN; \
-             SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'); \
-             WITH taken AS (DELETE FROM waly.capture WHERE pg_xact_status(txid) = 'committed' RETURNING *) \
-             SELECT txid::text, {CAPTURE_COLUMNS} FROM taken ORDER BY txid, seq"
-        ))
-        .await
-        .map_err(Lost::nothing)?;
-    if let Some(error) = reply.error {
-        rollback(backend, "ROLLBACK").await?;
-        return Ok(Err(PgError::error(
-            SqlState::INTERNAL_ERROR,
-            format!(
-                "waly could not read what the statement changed: {}",
-                error.message()
-            ),
-        )));
-    }
-    let at = reply
-        .results
-        .get(1)
-        .and_then(|r| r.rows.first())
-        .and_then(|r| r.first().cloned().flatten())
-        .unwrap_or_default();
-    let rows = reply
-        .results
-        .into_iter()
-        .nth(2)
-        .map(|r| r.rows)
-        .unwrap_or_default();
-    if rows.is_empty() {
-        rollback(backend, "ROLLBACK").await?;
-        return Ok(Ok(None));
-    }
-    let txid = rows[0][0].clone().unwrap_or_default();
-    let capture: Vec<Vec<Option<String>>> = rows.into_iter().map(|mut r| r.split_off(1)).collect();
-    let changes = match changes_from_capture_text(&capture) {
-        Ok(changes) => changes,
-        Err(e) => {
-            rollback(backend, "ROLLBACK").await?;
-            return Ok(Err(PgError::error(SqlState::INTERNAL_ERROR, e.to_string())));
-        }
-    };
-    // Already committed by Postgres: the operations are recorded when they are valid, and a refusal
-    // cannot apply any more (the statement ran outside a transaction block).
-    let operations = matcher.recognize(&statements, &changes).unwrap_or_else(|e| {
-        tracing::warn!(error = %e.message, "statement outside a transaction block recorded without its operations");
-        Vec::new()
-    });
-    let record = Record {
-        format: FORMAT_VERSION,
-        txid,
-        gid: String::new(),
-        committed_at: at,
-        session: session.clone(),
-        statements,
-        operations,
-        changes,
-    };
-    match log.append(Bytes::from(record.to_json())).await {
-        Ok(entry) => {
-            let done = backend.query("COMMIT").await.map_err(Lost::nothing)?;
-            if let Some(e) = done.error {
-                tracing::warn!(
-                    code = e.code(),
-                    message = e.message(),
-                    "could not clear logged capture rows"
-                );
-            }
-            Ok(Ok(Some(entry.position)))
-        }
-        Err(e) => {
-            rollback(backend, "ROLLBACK").await?;
-            Ok(Err(PgError::error(
-                e.sqlstate(),
-                format!("waly could not log the statement's effects: {e}"),
-            )))
-        }
-    }
 }

@@ -12,11 +12,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
 
+use super::decisions::Ticket;
 use super::in_flight::{InFlight, is_claimed};
 use super::{GID_PREFIX, gid_owner, owner_log};
 use crate::config::Config;
 use crate::log::{Log, LogError, LogRouter, Position};
-use crate::record::Record;
+use crate::record::LogRecord;
 
 /// What start-up recovery did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -165,8 +166,8 @@ async fn logged_gids_from(
         };
         from = last.position.next();
         for entry in &entries {
-            match Record::from_json(&entry.payload) {
-                Ok(record) if wanted.contains(record.gid.as_str()) => {
+            match LogRecord::from_json(&entry.payload) {
+                Ok(LogRecord::Transaction(record)) if wanted.contains(record.gid.as_str()) => {
                     found.insert(record.gid);
                 }
                 Ok(_) => {}
@@ -182,7 +183,10 @@ async fn logged_gids_from(
     Ok(found)
 }
 
-async fn connect(config: &Config, database: &str) -> Result<tokio_postgres::Client, RecoveryError> {
+pub(super) async fn connect(
+    config: &Config,
+    database: &str,
+) -> Result<tokio_postgres::Client, RecoveryError> {
     let (client, connection) = config
         .admin_connection(database)
         .connect(NoTls)
@@ -204,6 +208,7 @@ async fn connect(config: &Config, database: &str) -> Result<tokio_postgres::Clie
 #[derive(Clone)]
 pub struct Resolver {
     jobs: mpsc::UnboundedSender<Job>,
+    config: Option<Config>,
 }
 
 struct Job {
@@ -214,15 +219,41 @@ struct Job {
 }
 
 impl Resolver {
+    /// A resolver that resolves nothing (tests of the bookkeeping alone): tickets handed to it stay
+    /// open, holding their writer's watermark back.
+    pub fn detached() -> Resolver {
+        let (jobs, _) = mpsc::unbounded_channel::<Job>();
+        Resolver { jobs, config: None }
+    }
+
+    /// Decides a direct commit whose session could not learn how its COMMIT ended (the connection
+    /// broke after the append, or the session ended mid-commit): Postgres' `pg_xact_status` tells.
+    pub fn decide_direct(&self, ticket: Ticket) {
+        let Some(config) = self.config.clone() else {
+            tracing::error!(
+                txid = ticket.txid(),
+                "no resolver for an undecided direct commit; it is decided at the next start"
+            );
+            ticket.leave_open();
+            return;
+        };
+        tracing::warn!(database = ticket.database(), txid = ticket.txid(), position = ?ticket.position().map(|p| p.0), "a direct commit's outcome is unknown; asking Postgres");
+        tokio::spawn(decide_direct_until_done(config, ticket));
+    }
+
     /// Starts the resolving task on the current runtime.
     pub fn start(config: Config) -> Resolver {
         let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+        let for_jobs = config.clone();
         tokio::spawn(async move {
             while let Some(job) = queue.recv().await {
-                resolve_until_done(&config, &job).await;
+                resolve_until_done(&for_jobs, &job).await;
             }
         });
-        Resolver { jobs }
+        Resolver {
+            jobs,
+            config: Some(config),
+        }
     }
 
     /// Decides the prepared transaction `gid` in `database` by what `log` holds, once an in-doubt append
@@ -269,6 +300,98 @@ impl Resolver {
             gid,
             commit,
         });
+    }
+}
+
+/// How long a direct commit may stay in progress in Postgres, its session gone, before waly terminates
+/// the backend that holds it (its connection is dead, but Postgres has not noticed).
+const IN_PROGRESS_GRACE: Duration = Duration::from_secs(10);
+
+/// What Postgres says of a transaction id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XactStatus {
+    Committed,
+    Aborted,
+    InProgress,
+    /// Too old for Postgres to remember (its commit log was truncated).
+    Unknown,
+}
+
+/// `pg_xact_status` of `txid` (an `xid8` as text). An id Postgres never assigned ("in the future": a
+/// restored or different cluster) did not commit there.
+pub async fn xact_status(
+    client: &tokio_postgres::Client,
+    txid: &str,
+) -> Result<XactStatus, tokio_postgres::Error> {
+    match client
+        .query_one("SELECT pg_xact_status($1::text::xid8)", &[&txid])
+        .await
+    {
+        Ok(row) => Ok(match row.get::<_, Option<&str>>(0) {
+            Some("committed") => XactStatus::Committed,
+            Some("aborted") => XactStatus::Aborted,
+            Some("in progress") => XactStatus::InProgress,
+            _ => XactStatus::Unknown,
+        }),
+        Err(e) if e.code().is_some_and(|c| c.code() == "22023") => {
+            tracing::warn!(txid, error = %describe(&e), "Postgres never assigned this transaction id: taken as not committed");
+            Ok(XactStatus::Aborted)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Terminates the backend that holds transaction `txid` open.
+pub async fn terminate_holder(
+    client: &tokio_postgres::Client,
+    txid: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_xid = xid($1::text::xid8)",
+            &[&txid],
+        )
+        .await?;
+    Ok(rows.len() as u64)
+}
+
+async fn decide_direct_until_done(config: Config, ticket: Ticket) {
+    let (database, txid) = (ticket.database().to_owned(), ticket.txid().to_owned());
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let client = connect(&config, &database).await?;
+            let status = xact_status(&client, &txid).await?;
+            if status == XactStatus::InProgress && started.elapsed() >= IN_PROGRESS_GRACE {
+                let n = terminate_holder(&client, &txid).await?;
+                tracing::warn!(%database, %txid, terminated = n, "terminated the backend still holding a direct commit whose session is gone");
+            }
+            Ok::<_, RecoveryError>(status)
+        };
+        match attempt.await {
+            Ok(XactStatus::Committed) => {
+                tracing::info!(%database, %txid, "direct commit resolved: committed");
+                ticket.committed();
+                return;
+            }
+            Ok(XactStatus::Aborted) => {
+                tracing::info!(%database, %txid, "direct commit resolved: not committed");
+                ticket.aborted().await;
+                return;
+            }
+            Ok(XactStatus::InProgress) => delay = Duration::from_millis(200),
+            Ok(XactStatus::Unknown) => {
+                tracing::error!(%database, %txid, "Postgres no longer knows how this direct commit ended; it stays undecided");
+                ticket.leave_open();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%database, %txid, error = %e, "cannot ask Postgres how a direct commit ended yet; retrying");
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+        tokio::time::sleep(delay).await;
     }
 }
 

@@ -37,6 +37,9 @@ pub(super) struct RawConfig {
     /// The operations catalog (`operations.yaml`); absent: every write is recorded as raw SQL.
     #[serde(default)]
     pub operations: Option<PathBuf>,
+    /// How write transactions commit behind their record: `direct` (default) or `two-phase`.
+    #[serde(default)]
+    pub commit_protocol: CommitProtocol,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +145,32 @@ impl FromStr for LogFormat {
             "json" => Ok(LogFormat::Json),
             other => Err(format!(
                 "unknown log format {other:?}: expected human or json"
+            )),
+        }
+    }
+}
+
+/// How a write transaction commits once its record is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommitProtocol {
+    /// A plain COMMIT after the append; outcome records in the log decide the rare commit that fails.
+    #[default]
+    Direct,
+    /// PREPARE TRANSACTION before the append, COMMIT PREPARED after it: every record in the log is
+    /// final as soon as it is there. Needs `max_prepared_transactions` > 0; transactions that used
+    /// temporary objects commit directly.
+    TwoPhase,
+}
+
+impl FromStr for CommitProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "direct" => Ok(CommitProtocol::Direct),
+            "two-phase" => Ok(CommitProtocol::TwoPhase),
+            other => Err(format!(
+                "unknown commit protocol {other:?}: expected direct or two-phase"
             )),
         }
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-pub use file::{AuthMethod, LogFormat, parse_yaml, position_of};
+pub use file::{AuthMethod, CommitProtocol, LogFormat, parse_yaml, position_of};
 
 /// The resolved configuration waly runs with.
 #[derive(Debug, Clone)]
@@ -36,6 +36,8 @@ pub struct Config {
     /// The operations catalog file, when there is one: waly loads it at start and reloads it on SIGHUP
     /// and when it changes. Relative paths are relative to the working directory.
     pub operations: Option<PathBuf>,
+    /// How write transactions commit behind their record.
+    pub commit_protocol: CommitProtocol,
 }
 
 /// The log backend: where each write transaction's record becomes durable.
@@ -131,6 +133,8 @@ pub struct Overrides {
     pub kafka_brokers: Option<String>,
     /// The operations catalog file.
     pub operations: Option<PathBuf>,
+    /// `direct` or `two-phase`.
+    pub commit_protocol: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -212,6 +216,13 @@ fn resolve(
         })?,
         None => raw.log_format,
     };
+    let commit_protocol = match &o.commit_protocol {
+        Some(v) => CommitProtocol::from_str(v).map_err(|message| ConfigError::Override {
+            origin: "--commit-protocol / WALY_COMMIT_PROTOCOL",
+            message,
+        })?,
+        None => raw.commit_protocol,
+    };
 
     let tls = match (
         o.tls_cert
@@ -288,6 +299,7 @@ fn resolve(
             .unwrap_or_else(default_workers),
         admin_user: o.admin_user.clone().unwrap_or(raw.admin_user),
         operations: o.operations.clone().or(raw.operations),
+        commit_protocol,
     })
 }
 

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use super::{Entry, LogError, LogReader, Position};
 
-pub use render::{render_human, render_json};
+pub use render::{render_human, render_json, render_json_with};
+
+use crate::record::{LogRecord, Settled, Settler};
 
 /// How many entries `tail` prints when asked for neither a position nor a count.
 pub const DEFAULT_TAIL: usize = 10;
@@ -136,6 +138,67 @@ pub async fn tail(
     }
 }
 
+/// How a transaction record's commit ended, as far as the log tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Committed,
+    /// A direct commit an outcome record lists as not committed.
+    NotCommitted,
+    /// A direct commit no record decides yet.
+    Undecided,
+}
+
+impl Outcome {
+    fn word(self) -> &'static str {
+        match self {
+            Outcome::Committed => "committed",
+            Outcome::NotCommitted => "not committed",
+            Outcome::Undecided => "undecided",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Outcome::Committed => "committed",
+            Outcome::NotCommitted => {
+                "NOT COMMITTED (an outcome record says so: consumers skip this record)"
+            }
+            Outcome::Undecided => {
+                "undecided: no record says yet how its COMMIT ended (waly decides it within moments, or at its next start)"
+            }
+        }
+    }
+}
+
+/// The outcome of the transaction record in `entry` (`None` for anything else), read from the entries
+/// after it.
+async fn outcome_of(log: &dyn LogReader, entry: &Entry) -> Result<Option<Outcome>, InspectError> {
+    let Ok(record @ LogRecord::Transaction(_)) = LogRecord::from_json(&entry.payload) else {
+        return Ok(None);
+    };
+    let mut settler = Settler::new();
+    settler.push(entry.position.0, record);
+    let mut next = entry.position.next();
+    loop {
+        match settler.next() {
+            Some(Settled::Committed(..)) => return Ok(Some(Outcome::Committed)),
+            Some(Settled::Aborted(..)) => return Ok(Some(Outcome::NotCommitted)),
+            None => {}
+        }
+        let entries = log.read(next, READ_BATCH).await?;
+        let Some(last) = entries.last() else {
+            return Ok(Some(Outcome::Undecided));
+        };
+        next = last.position.next();
+        for e in entries {
+            // Only what decides the record matters; anything unreadable decides nothing.
+            if let Ok(r) = LogRecord::from_json(&e.payload) {
+                settler.push(e.position.0, r);
+            }
+        }
+    }
+}
+
 /// Prints the entry at `position`, or fails with [`InspectError::NoRecord`] saying where the log ends.
 pub async fn show(
     log: &dyn LogReader,
@@ -147,7 +210,16 @@ pub async fn show(
         && let Some(entry) = log.read(position, 1).await?.first()
         && entry.position == position
     {
-        render(entry, format, out)?;
+        let outcome = outcome_of(log, entry).await?;
+        match format {
+            Format::Human => {
+                render_human(entry, out)?;
+                if let Some(outcome) = outcome {
+                    writeln!(out, "  outcome: {}", outcome.describe())?;
+                }
+            }
+            Format::Json => render_json_with(entry, outcome.map(Outcome::word), out)?,
+        }
         out.flush()?;
         return Ok(());
     }

@@ -23,7 +23,7 @@ use bytes::Bytes;
 pub use error::LogError;
 pub use file::{FileLog, FileLogConfig, FileLogReader, RecoveryReport, TailCut};
 pub use kafka::{KafkaLog, KafkaLogs};
-pub use reader::{LogReader, open_reader};
+pub use reader::{LogReader, OwnLog, open_reader};
 
 /// A record's place in the log: dense, starting at 1, strictly increasing; the total order of records.
 /// `Position(0)` means "before the first record" (the end of an empty log).
@@ -120,8 +120,16 @@ pub trait Log: Send + Sync {
 pub trait LogRouter: Send + Sync {
     fn log_for(&self, database: &str) -> std::sync::Arc<dyn Log>;
 
+    /// A name for the log `database`'s records go to, the same for databases that share a log:
+    /// `log_for(log_key(db))` is `log_for(db)`.
+    fn log_key(&self, database: &str) -> String;
+
     /// Statistics summed over every log used.
     fn stats(&self) -> LogStats;
+
+    /// Whether an append that a process before `started` sent can no longer reach any of these logs
+    /// ([`Log::in_doubt_settles_after`] has passed since).
+    fn settled_since(&self, started: std::time::Instant) -> bool;
 }
 
 /// One log for every database (the file log).
@@ -132,7 +140,17 @@ impl LogRouter for SharedLog {
         std::sync::Arc::clone(&self.0)
     }
 
+    fn log_key(&self, _database: &str) -> String {
+        "file".to_owned()
+    }
+
     fn stats(&self) -> LogStats {
         self.0.stats()
+    }
+
+    fn settled_since(&self, started: std::time::Instant) -> bool {
+        self.0
+            .in_doubt_settles_after()
+            .is_none_or(|d| started.elapsed() >= d)
     }
 }

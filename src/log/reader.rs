@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 
 use super::kafka::KafkaLogs;
-use super::{Entry, FileLog, FileLogReader, LogError, Position};
+use super::{Entry, FileLog, FileLogReader, Log, LogError, Position};
 use crate::config::{Config, LogBackend};
 
 /// The read side of a log.
@@ -56,6 +56,32 @@ impl LogReader for FileLogReader {
 
     fn describe(&self) -> String {
         format!("the file log in {}", self.dir().display())
+    }
+}
+
+/// A log this process appends to, read through [`LogReader`]: what it holds up to its end is durable.
+pub struct OwnLog<'a>(pub &'a dyn Log);
+
+#[async_trait]
+impl LogReader for OwnLog<'_> {
+    async fn read(&self, from: Position, max: usize) -> Result<Vec<Entry>, LogError> {
+        self.0.read(from, max).await
+    }
+
+    async fn position_at(&self, timestamp_micros: i64) -> Result<Option<Position>, LogError> {
+        self.0.position_at(timestamp_micros).await
+    }
+
+    async fn end(&self) -> Result<Position, LogError> {
+        Ok(self.0.end())
+    }
+
+    async fn settled_end(&self) -> Result<Position, LogError> {
+        Ok(self.0.end())
+    }
+
+    fn describe(&self) -> String {
+        "the log being appended to".to_owned()
     }
 }
 

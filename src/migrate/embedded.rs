@@ -51,4 +51,10 @@ pub const MIGRATIONS: &[Migration] = &[
         // Disables and enables the event triggers while it replaces the capture trigger's function.
         requires_superuser: true,
     },
+    Migration {
+        version: 8,
+        name: "direct_commit",
+        sql: include_str!("../../migrations/0008_direct_commit.sql"),
+        requires_superuser: false,
+    },
 ];

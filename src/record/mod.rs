@@ -6,6 +6,8 @@
 //! bytes, and the position and append time of a record come from the log entry that holds it.
 
 mod capture;
+pub mod outcome;
+pub mod settle;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -13,13 +15,17 @@ use serde_json::value::RawValue;
 pub use capture::{
     CAPTURE_COLUMNS, changes_from_buffer, changes_from_capture, changes_from_capture_text,
 };
+pub use outcome::{Aborted, CommitKind, LogRecord, OutcomeRecord};
+pub use settle::{Settled, Settler};
 
 /// A row image or key as JSON text, exactly as Postgres rendered it: never parsed into numbers, so a
 /// `1e-30` or a 30-digit numeric is carried digit for digit.
 pub type Json = Box<RawValue>;
 
-/// The envelope version this build writes. Readers accept every version up to this one.
-pub const FORMAT_VERSION: u32 = 1;
+/// The envelope version this build writes. Readers accept every version up to this one. Format 2 added
+/// direct commits and outcome records ([`outcome`]): a reader of format 1 would take an aborted direct
+/// commit for a committed one.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// One committed write transaction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,9 +34,18 @@ pub struct Record {
     pub format: u32,
     /// Postgres' transaction id (`xid8`), as a decimal string: it exceeds what JSON numbers hold exactly.
     pub txid: String,
-    /// The global transaction identifier waly prepared the transaction under (`waly_...`); recovery
-    /// matches prepared transactions to records by it.
+    /// The name waly committed the transaction under (`waly_<writer>_<n>`): for a prepared commit, its
+    /// global transaction identifier, by which recovery matches prepared transactions to records.
     pub gid: String,
+    /// How the transaction was committed, which says when this record is final.
+    #[serde(default)]
+    pub commit: CommitKind,
+    /// The waly process that appended the record (its log id and start); it decides its direct commits.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub writer: String,
+    /// Every direct commit of `writer` at or below this position is decided (see [`outcome`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_through: Option<u64>,
     /// Commit time as Postgres saw it (RFC 3339, microseconds, UTC).
     pub committed_at: String,
     pub session: SessionInfo,
@@ -350,6 +365,9 @@ mod tests {
             format: FORMAT_VERSION,
             txid: "18446744073709551000".into(),
             gid: "waly_1_42".into(),
+            commit: CommitKind::Direct,
+            writer: "1".into(),
+            decided_through: Some(41),
             committed_at: "2026-11-23T10:00:00.123456Z".into(),
             session: SessionInfo {
                 user: "app".into(),
@@ -411,8 +429,11 @@ mod tests {
     #[test]
     fn envelope_matches_the_documented_shape() {
         let v: Value = serde_json::from_slice(&sample().to_json()).unwrap();
-        assert_eq!(v["format"], 1);
+        assert_eq!(v["format"], 2);
         assert_eq!(v["txid"], "18446744073709551000");
+        assert_eq!(v["commit"], "direct");
+        assert_eq!(v["writer"], "1");
+        assert_eq!(v["decided_through"], 41);
         assert_eq!(v["changes"][1]["kind"], "insert");
         assert_eq!(v["changes"][1]["pk"]["id"], 1);
         assert_eq!(v["changes"][0]["kind"], "ddl");
@@ -450,6 +471,11 @@ mod tests {
             "changes":[{"kind":"delete","schema":"s","table":"t","old":{"a":1}},
                        {"kind":"delete","schema":"s","table":"t","pk":null,"old":{"a":1}}]}"#;
         let r = Record::from_json(json).unwrap();
+        assert_eq!(
+            r.commit,
+            CommitKind::Prepared,
+            "format 1 records were all prepared"
+        );
         for change in &r.changes {
             assert!(
                 matches!(change, Change::Delete { pk: None, .. }),
@@ -464,7 +490,7 @@ mod tests {
         r.format = FORMAT_VERSION + 1;
         assert!(matches!(
             Record::from_json(&r.to_json()),
-            Err(RecordError::TooNew(2))
+            Err(RecordError::TooNew(3))
         ));
         assert!(matches!(
             Record::from_json(b"{\"format\": 1"),

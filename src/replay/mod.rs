@@ -17,14 +17,16 @@ pub mod ops;
 mod pipeline;
 mod rows;
 mod sequences;
+pub mod source;
 mod table;
 
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use crate::log::{Log, Position};
+use crate::log::{Log, OwnLog, Position};
 use crate::record::Record;
+use source::Source;
 
 pub use checkpoint::load as load_checkpoint;
 pub use error::ReplayError;
@@ -67,10 +69,26 @@ pub struct ReplayStats {
     pub sequences: u64,
     /// Target transactions committed.
     pub batches: u64,
+    /// Direct commits skipped because an outcome record says they did not commit.
+    pub not_committed: u64,
+    /// Where the replay stopped short: a record whose commit no record decides yet.
+    pub waiting: Option<Position>,
     pub elapsed: Duration,
 }
 
 impl ReplayStats {
+    /// Adds what a later [`apply`] call did.
+    pub fn merge(&mut self, later: ReplayStats) {
+        self.checkpoint = later.checkpoint;
+        self.records += later.records;
+        self.skipped += later.skipped;
+        self.row_changes += later.row_changes;
+        self.truncates += later.truncates;
+        self.ddl += later.ddl;
+        self.sequences += later.sequences;
+        self.batches += later.batches;
+    }
+
     /// Row changes per second of wall time.
     pub fn rows_per_second(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
@@ -126,63 +144,39 @@ pub async fn apply(
     Ok(stats)
 }
 
-/// Records read from the log per [`apply`] call in [`apply_log`].
+/// Records per [`apply`] call in [`apply_log`].
 const LOG_CHUNK: usize = 1000;
 
-/// Applies `log`'s records after the target's checkpoint, up to [`ReplayOptions::until`] or the log's
-/// durable end at the time of the call.
+/// Applies `log`'s committed records after the target's checkpoint, up to [`ReplayOptions::until`] or
+/// the log's durable end at the time of the call. Stops before a record whose commit is not decided yet
+/// ([`ReplayStats::waiting`]).
 pub async fn apply_log(
     target: &Client,
     log: &dyn Log,
     options: &ReplayOptions,
 ) -> Result<ReplayStats, ReplayError> {
     let started = Instant::now();
-    let mut total: Option<ReplayStats> = None;
     let end = match options.until {
         Some(until) => until.min(log.end()),
         None => log.end(),
     };
+    let reader = OwnLog(log);
+    let resumed_from = checkpoint::load(target).await?;
+    let mut source = Source::new(&reader, resumed_from, end);
+    let mut total = ReplayStats {
+        resumed_from,
+        checkpoint: resumed_from,
+        ..ReplayStats::default()
+    };
     loop {
-        let from = match &total {
-            Some(stats) => stats.checkpoint.next(),
-            None => checkpoint::load(target).await?.next(),
-        };
-        let entries = if from > end {
-            Vec::new()
-        } else {
-            log.read(from, LOG_CHUNK).await?
-        };
-        let mut records = Vec::with_capacity(entries.len());
-        for entry in entries.into_iter().take_while(|e| e.position <= end) {
-            let record =
-                Record::from_json(&entry.payload).map_err(|source| ReplayError::Record {
-                    position: entry.position,
-                    source,
-                })?;
-            records.push((entry.position, record));
-        }
-        let done = records.is_empty();
-        let stats = apply(target, records, options).await?;
-        total = Some(match total {
-            None => stats,
-            Some(t) => ReplayStats {
-                resumed_from: t.resumed_from,
-                checkpoint: stats.checkpoint,
-                records: t.records + stats.records,
-                skipped: t.skipped + stats.skipped,
-                row_changes: t.row_changes + stats.row_changes,
-                truncates: t.truncates + stats.truncates,
-                ddl: t.ddl + stats.ddl,
-                sequences: t.sequences + stats.sequences,
-                batches: t.batches + stats.batches,
-                elapsed: Duration::ZERO,
-            },
-        });
-        if done {
+        let records = source.chunk(LOG_CHUNK).await?;
+        if records.is_empty() {
             break;
         }
+        total.merge(apply(target, records, options).await?);
     }
-    let mut total = total.unwrap_or_default();
+    total.not_committed = source.not_committed;
+    total.waiting = source.waiting().map(|(p, _)| p);
     total.elapsed = started.elapsed();
     Ok(total)
 }

@@ -24,7 +24,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::AuthCatalog;
 use crate::classify::ClassStats;
-use crate::commit::{Resolver, recover_at_start};
+use crate::commit::direct_recovery::{DirectReport, decide_dead_writers};
+use crate::commit::{DecidedFile, LogDecisions, Resolver, recover_at_start};
 use crate::config::Config;
 use crate::config::LogBackend;
 use crate::log::kafka::TopicCheckError;
@@ -48,8 +49,11 @@ pub struct ServerContext {
     pub logs: Arc<dyn LogRouter>,
     /// This process's token in the gids it prepares (see [`crate::commit::gid`]).
     pub boot: String,
-    /// Finishes prepared transactions of sessions that lost their backend mid-commit.
+    /// Finishes prepared transactions of sessions that lost their backend mid-commit, and decides their
+    /// direct commits.
     pub resolver: Resolver,
+    /// Each log's direct commits by this process.
+    pub decisions: Arc<LogDecisions>,
     /// Databases whose waly schema this process has checked.
     pub databases: Databases,
     /// The operations catalog, reloaded on SIGHUP and when its file changes.
@@ -114,9 +118,16 @@ impl Server {
         );
         let log_id = log_id(&config.data_dir).map_err(|e| LogError::from_io("the log id", &e))?;
         let boot = crate::commit::owner_token(&log_id, &boot);
-        start_recovery(&config, &logs, &boot).await;
-        let workers = workers::Workers::start(config.workers).map_err(ServerError::Workers)?;
         let resolver = Resolver::start(config.clone());
+        let decided = Arc::new(DecidedFile::load(&config.data_dir));
+        let decisions = Arc::new(LogDecisions::new(
+            Arc::clone(&logs),
+            &boot,
+            resolver.clone(),
+            Arc::clone(&decided),
+        ));
+        start_recovery(&config, &logs, &boot, decided, Arc::clone(&decisions)).await;
+        let workers = workers::Workers::start(config.workers).map_err(ServerError::Workers)?;
         let ctx = Arc::new(ServerContext {
             config,
             auth,
@@ -128,6 +139,7 @@ impl Server {
             logs,
             boot,
             resolver,
+            decisions,
             databases: Databases::default(),
             operations,
         });
@@ -210,6 +222,7 @@ impl Server {
             ctx.terminating.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), sessions.wait()).await;
         }
+        ctx.decisions.flush().await;
         workers.stop();
         let l = ctx.logs.stats();
         let latency = crate::log::latency::snapshot();
@@ -299,38 +312,93 @@ fn log_id(data_dir: &std::path::Path) -> std::io::Result<String> {
     Ok(id)
 }
 
-/// Resolves what an earlier process left prepared. Waits briefly for Postgres; if it is not there yet,
-/// keeps trying in the background (gids this process still holds are never touched, so that is safe).
-/// Later passes, every 10 s for as long as waly runs, catch a PREPARE that Postgres finished after the
-/// session that sent it was gone (a commit query waiting on a lock runs on to its PREPARE whenever the
-/// lock comes free, although waly died or lost that connection meanwhile), and decide what the first
-/// pass deferred until the log had settled (Kafka). A pass is one query on `pg_prepared_xacts`.
-async fn start_recovery(config: &Config, logs: &Arc<dyn LogRouter>, owner: &str) {
+/// Resolves what an earlier process left prepared, and decides the direct commits it left undecided.
+/// Waits briefly for Postgres; if it is not there yet, keeps trying in the background (gids and
+/// direct commits this process still holds are never touched, so that is safe). Later passes, every
+/// 10 s for as long as waly runs, catch a PREPARE that Postgres finished after the session that sent it
+/// was gone (a commit query waiting on a lock runs on to its PREPARE whenever the lock comes free,
+/// although waly died or lost that connection meanwhile), decide what the first pass deferred until the
+/// log had settled (Kafka), and a record a dead process sent that reached the log late. A pass is one
+/// query on `pg_prepared_xacts` and a read of each log after its decided position.
+async fn start_recovery(
+    config: &Config,
+    logs: &Arc<dyn LogRouter>,
+    owner: &str,
+    decided: Arc<DecidedFile>,
+    decisions: Arc<LogDecisions>,
+) {
     let started = std::time::Instant::now();
-    let first = recover_at_start(config, logs.as_ref(), owner, started).await;
-    match &first {
-        Ok(report) => report_recovery(report),
-        Err(e) => {
-            tracing::warn!(error = %e, "recovery of prepared transactions postponed; retrying in the background")
-        }
-    }
     let (config, logs, owner) = (config.clone(), Arc::clone(logs), owner.to_owned());
-    let mut pending = match &first {
-        Ok(report) => !report.deferred.is_empty(),
-        Err(_) => true,
+    let pass = move || {
+        let (config, logs, owner, decided, decisions) = (
+            config.clone(),
+            Arc::clone(&logs),
+            owner.clone(),
+            Arc::clone(&decided),
+            Arc::clone(&decisions),
+        );
+        async move {
+            let prepared = recover_at_start(&config, logs.as_ref(), &owner, started).await;
+            let settled = logs.settled_since(started);
+            let direct = decide_dead_writers(
+                &config,
+                logs.as_ref(),
+                &decided,
+                &decisions,
+                &owner,
+                settled,
+            )
+            .await;
+            (prepared, direct, settled)
+        }
     };
+    let mut pending = report_pass(pass().await, true);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(if pending { 2 } else { 10 })).await;
-            match recover_at_start(&config, logs.as_ref(), &owner, started).await {
-                Ok(report) => {
-                    report_recovery(&report);
-                    pending = !report.deferred.is_empty();
-                }
-                Err(e) => tracing::debug!(error = %e, "recovery still postponed"),
-            }
+            pending = report_pass(pass().await, false);
         }
     });
+}
+
+/// Logs a recovery pass; true when a pass should follow soon (something deferred, or an error).
+fn report_pass(
+    (prepared, direct, settled): (
+        Result<crate::commit::recovery::RecoveryReport, crate::commit::recovery::RecoveryError>,
+        Result<DirectReport, crate::commit::recovery::RecoveryError>,
+        bool,
+    ),
+    first: bool,
+) -> bool {
+    let mut pending = !settled;
+    match &prepared {
+        Ok(report) => {
+            report_recovery(report);
+            pending |= !report.deferred.is_empty();
+        }
+        Err(e) if first => {
+            tracing::warn!(error = %e, "recovery of prepared transactions postponed; retrying in the background")
+        }
+        Err(e) => tracing::debug!(error = %e, "recovery still postponed"),
+    }
+    match &direct {
+        Ok(report) => {
+            if report.committed + report.aborted + report.waiting > 0 {
+                tracing::info!(
+                    committed = report.committed,
+                    not_committed = report.aborted,
+                    waiting = report.waiting,
+                    "recovery decided the direct commits an earlier run left undecided"
+                );
+            }
+            pending |= report.waiting > 0;
+        }
+        Err(e) if first => {
+            tracing::warn!(error = %e, "recovery of direct commits postponed; retrying in the background")
+        }
+        Err(e) => tracing::debug!(error = %e, "recovery of direct commits still postponed"),
+    }
+    pending | prepared.is_err() | direct.is_err()
 }
 
 fn report_recovery(report: &crate::commit::recovery::RecoveryReport) {

@@ -920,13 +920,13 @@ where
     async fn log_after(&mut self, b: &mut Buffers, status: u8, step: Step) -> Result<(), Ending> {
         let statements = std::mem::take(&mut self.flow.statements);
         if status == b'I' && !step.saw_error {
-            let log = std::sync::Arc::clone(&self.write.log);
+            let decisions = std::sync::Arc::clone(&self.write.decisions);
             let info = self.write.session.clone();
             let mut matcher = self.write.matcher.take().expect("the session's matcher");
             let mut own = self.own_queries(b);
             let logged = commit::log_committed_leftovers(
                 &mut own,
-                log.as_ref(),
+                &decisions,
                 &info,
                 statements,
                 &mut matcher,
@@ -1005,21 +1005,20 @@ where
         held: Option<BytesMut>,
     ) -> Result<(), Ending> {
         let statements = std::mem::take(&mut self.flow.statements);
-        let log = std::sync::Arc::clone(&self.write.log);
+        let decisions = std::sync::Arc::clone(&self.write.decisions);
         let info = self.write.session.clone();
         let boot = self.write.boot.clone();
+        let protocol = self.write.protocol;
         let mut matcher = self.write.matcher.take().expect("the session's matcher");
         let outcome = {
             let mut own = self.own_queries(b);
-            commit::commit(
-                &mut own,
-                log.as_ref(),
-                &info,
-                statements,
-                &boot,
-                &mut matcher,
-            )
-            .await
+            let how = commit::Commit {
+                decisions: &decisions,
+                session: &info,
+                boot: &boot,
+                protocol,
+            };
+            commit::commit(&mut own, &how, statements, &mut matcher).await
         };
         self.write.matcher = Some(matcher);
         self.flow.status = b'I';
@@ -1070,7 +1069,7 @@ where
                         self.write.resolver.settle_in_doubt(
                             &self.write.session.database,
                             gid,
-                            log,
+                            std::sync::Arc::clone(decisions.log()),
                             settles_after,
                             after,
                         );

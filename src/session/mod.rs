@@ -80,7 +80,7 @@ pub async fn serve(
         application_name,
     } = session;
     let write = relay::WriteContext {
-        log: ctx.logs.log_for(&database),
+        decisions: ctx.decisions.for_database(&database),
         session: crate::record::SessionInfo {
             user: user.clone(),
             database: database.clone(),
@@ -88,6 +88,7 @@ pub async fn serve(
             client_addr: peer.to_string(),
         },
         boot: ctx.boot.clone(),
+        protocol: ctx.config.commit_protocol,
         resolver: ctx.resolver.clone(),
         matcher: Some(crate::operations::Matcher::new(Arc::clone(&ctx.operations))),
     };

@@ -17,8 +17,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::flow::{Flow, Pumped};
 use super::tracker::ProtocolTracker;
+use crate::commit::Decisions;
 use crate::commit::Resolver;
-use crate::log::Log;
 use crate::record::SessionInfo;
 use crate::server::cancel::CancelTarget;
 use crate::wire::frame::FrameScanner;
@@ -69,9 +69,11 @@ pub struct Relay<CR, CW> {
 
 /// What the commit protocol needs from the server and the session.
 pub struct WriteContext {
-    pub log: std::sync::Arc<dyn Log>,
+    /// The log this database's records go to, and this process's direct commits in it.
+    pub decisions: std::sync::Arc<Decisions>,
     pub session: SessionInfo,
     pub boot: String,
+    pub protocol: crate::config::CommitProtocol,
     pub resolver: Resolver,
     /// Recognises domain operations at commit; `None` only while the commit protocol holds it.
     pub matcher: Option<crate::operations::Matcher>,

@@ -3,11 +3,26 @@
 //! log goes through here, so the same test checks either backend.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use waly::config::KafkaSettings;
+use waly::log::Entry;
 use waly::log::{FileLog, KafkaLogs, LogReader, Position};
-use waly::record::Record;
+use waly::record::{LogRecord, Record, Settled, Settler};
+
+/// Every entry of one log, in order.
+async fn read_all(reader: &dyn LogReader) -> Vec<Entry> {
+    let end = reader.end().await.expect("the log's end");
+    let mut out = Vec::new();
+    let mut from = Position::FIRST;
+    while from <= end {
+        let entries = reader.read(from, 4096).await.expect("read the log");
+        let Some(last) = entries.last() else { break };
+        from = last.position.next();
+        out.extend(entries);
+    }
+    out
+}
 
 /// Whether this run's waly processes log to Kafka.
 pub fn kafka_mode() -> bool {
@@ -111,33 +126,61 @@ impl LogAccess {
         }
     }
 
-    /// Every record, with its position, in log order (Kafka: topic after topic).
+    /// Every committed transaction record, with its position, in log order (Kafka: topic after topic),
+    /// as a consumer acting on the log sees them: direct commits that did not commit left out. Waits
+    /// (up to 30 s) until every direct commit in the log is decided: a running waly decides its own
+    /// within moments, a restarted one those its predecessor left.
     pub async fn entries(&self) -> Vec<(Position, Record)> {
-        let mut out = Vec::new();
-        for reader in self.readers() {
-            let end = reader.end().await.expect("the log's end");
-            let mut from = Position::FIRST;
-            while from <= end {
-                let entries = reader.read(from, 4096).await.expect("read the log");
-                let Some(last) = entries.last() else { break };
-                from = last.position.next();
-                for e in entries {
-                    let record = Record::from_json(&e.payload)
-                        .unwrap_or_else(|err| panic!("record at {}: {err}", e.position));
-                    out.push((e.position, record));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (committed, waiting) = self.settled().await;
+            match waiting {
+                None => return committed,
+                Some(w) if Instant::now() >= deadline => {
+                    panic!(
+                        "the log's record at {w} stays undecided: no outcome says how its commit ended"
+                    )
                 }
+                Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
-        out
     }
 
-    /// How many records the log holds (Kafka: summed over the topics).
-    pub async fn end(&self) -> u64 {
-        let mut sum = 0;
+    /// The committed records, and the first record whose commit is not decided yet.
+    async fn settled(&self) -> (Vec<(Position, Record)>, Option<Position>) {
+        let mut out = Vec::new();
+        let mut waiting = None;
         for reader in self.readers() {
-            sum += reader.end().await.expect("the log's end").0;
+            let mut settler = Settler::new();
+            for e in read_all(reader.as_ref()).await {
+                let record = LogRecord::from_json(&e.payload)
+                    .unwrap_or_else(|err| panic!("record at {}: {err}", e.position));
+                settler.push(e.position.0, record);
+                while let Some(s) = settler.next() {
+                    if let Settled::Committed(p, r) = s {
+                        out.push((Position(p), *r));
+                    }
+                }
+            }
+            if let Some((p, _)) = settler.waiting() {
+                waiting.get_or_insert(Position(p));
+            }
         }
-        sum
+        (out, waiting)
+    }
+
+    /// How many committed transaction records the log holds (Kafka: summed over the topics).
+    pub async fn end(&self) -> u64 {
+        self.entries().await.len() as u64
+    }
+
+    /// The last position the log holds, outcome records included (the file log).
+    pub async fn raw_end(&self) -> Position {
+        let mut end = Position(0);
+        for reader in self.readers() {
+            end = end.max(reader.end().await.expect("the log's end"));
+        }
+        end
     }
 
     /// Extra arguments `waly replay` needs to read the records of `database` (Kafka: its topic).

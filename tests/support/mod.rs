@@ -30,6 +30,12 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| project_root().join("target"))
 }
 
+/// Whether this run's waly processes commit with two-phase commit (`WALY_COMMIT_PROTOCOL=two-phase`,
+/// which they read themselves; see the Makefile) instead of the default direct commit.
+pub fn two_phase() -> bool {
+    std::env::var("WALY_COMMIT_PROTOCOL").is_ok_and(|v| v == "two-phase")
+}
+
 /// The shared test cluster.
 pub struct Postgres {
     pub port: u16,

@@ -11,7 +11,7 @@ use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
 use crate::log::Entry;
-use crate::record::{Change, Record, Statement};
+use crate::record::{Change, CommitKind, LogRecord, OutcomeRecord, Statement};
 
 /// Widest a JSON value (a row image, a key) or a bind parameter is shown, in characters.
 const VALUE_WIDTH: usize = 120;
@@ -31,8 +31,9 @@ pub fn render_human(entry: &Entry, out: &mut impl Write) -> io::Result<()> {
         entry.position,
         rfc3339_micros(entry.timestamp_micros)
     )?;
-    let record = match Record::from_json(&entry.payload) {
-        Ok(record) => record,
+    let record = match LogRecord::from_json(&entry.payload) {
+        Ok(LogRecord::Transaction(record)) => record,
+        Ok(LogRecord::Outcome(outcome)) => return write_outcome(out, &outcome),
         Err(e) => {
             let why = clean(&e.to_string(), DDL_WIDTH);
             let n = entry.payload.len();
@@ -41,10 +42,15 @@ pub fn render_human(entry: &Entry, out: &mut impl Write) -> io::Result<()> {
     };
     writeln!(
         out,
-        "  txid {}  committed {}  gid {}",
+        "  txid {}  committed {}  gid {}  commit {}",
         clean(&record.txid, VALUE_WIDTH),
         clean(&record.committed_at, VALUE_WIDTH),
-        clean(&record.gid, VALUE_WIDTH)
+        clean(&record.gid, VALUE_WIDTH),
+        match record.commit {
+            CommitKind::Prepared => "prepared",
+            CommitKind::Direct => "direct",
+            CommitKind::After => "after",
+        }
     )?;
     let s = &record.session;
     write!(
@@ -86,9 +92,37 @@ pub fn render_human(entry: &Entry, out: &mut impl Write) -> io::Result<()> {
     Ok(())
 }
 
+/// The lines of an outcome record: whose direct commits it decides, and which did not commit.
+fn write_outcome(out: &mut impl Write, outcome: &OutcomeRecord) -> io::Result<()> {
+    writeln!(
+        out,
+        "  outcome  writer {}  decided through {}",
+        clean(&outcome.writer, VALUE_WIDTH),
+        outcome.decided_through
+    )?;
+    for a in &outcome.aborted {
+        writeln!(
+            out,
+            "    not committed: position {} (txid {})",
+            a.position,
+            clean(&a.txid, VALUE_WIDTH)
+        )?;
+    }
+    Ok(())
+}
+
 /// Writes `entry` as one line of JSON: `{"position":..,"appended_at":"..","record":<payload>}`, the
 /// payload as it is stored. A payload that is not JSON gives `"record":null` and an `"error"`.
 pub fn render_json(entry: &Entry, out: &mut impl Write) -> io::Result<()> {
+    render_json_with(entry, None, out)
+}
+
+/// [`render_json`], with an `"outcome"` (`"committed"`, `"not committed"`, `"undecided"`) when known.
+pub fn render_json_with(
+    entry: &Entry,
+    outcome: Option<&str>,
+    out: &mut impl Write,
+) -> io::Result<()> {
     write!(
         out,
         "{{\"position\":{},\"appended_at\":\"{}\",\"record\":",
@@ -101,6 +135,9 @@ pub fn render_json(entry: &Entry, out: &mut impl Write) -> io::Result<()> {
             let why = serde_json::to_string(&why).map_err(io::Error::other)?;
             write!(out, "null,\"error\":{why}")?;
         }
+    }
+    if let Some(outcome) = outcome {
+        write!(out, ",\"outcome\":\"{outcome}\"")?;
     }
     out.write_all(b"}\n")
 }

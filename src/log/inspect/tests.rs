@@ -21,6 +21,9 @@ fn record(i: u64) -> Record {
         format: FORMAT_VERSION,
         txid: format!("{}", 1_234_560 + i),
         gid: format!("waly_1_{i}"),
+        commit: crate::record::CommitKind::Prepared,
+        writer: String::new(),
+        decided_through: None,
         committed_at: "2026-11-23T10:00:00.123456Z".into(),
         session: SessionInfo {
             user: "app".into(),

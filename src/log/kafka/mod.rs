@@ -185,6 +185,14 @@ impl LogRouter for KafkaLogs {
         self.log(database)
     }
 
+    fn log_key(&self, database: &str) -> String {
+        database.to_owned()
+    }
+
+    fn settled_since(&self, started: std::time::Instant) -> bool {
+        started.elapsed() >= self.settings.append_timeout * 2 + Duration::from_secs(1)
+    }
+
     fn stats(&self) -> LogStats {
         let logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
         logs.values().fold(LogStats::default(), |mut sum, log| {

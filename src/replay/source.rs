@@ -1,0 +1,101 @@
+//! The records a replay applies: read from a log in order, only committed ones, none the log may still
+//! take back.
+//!
+//! A [`Source`] reads entries after the target's checkpoint, hands them to a
+//! [`Settler`](crate::record::Settler), and yields committed transaction records up to a last position,
+//! skipping direct commits that did not commit. It reads past that position as far as it must to learn
+//! how the records before it ended (outcome information is always true, even in a tail the log has not
+//! proven durable yet), and stops at the first record whose commit is not decided: everything after it
+//! waits, so records are applied in log order (invariant 3). It never applies anything itself.
+
+use crate::log::{LogReader, Position};
+use crate::record::{LogRecord, Record, Settled, Settler};
+
+use super::ReplayError;
+
+/// Entries read per step.
+const READ: usize = 2000;
+
+/// How many records may wait behind an undecided one before the source stops reading for it.
+const MAX_HELD: usize = 100_000;
+
+pub struct Source<'a> {
+    reader: &'a dyn LogReader,
+    settler: Settler,
+    /// The next position to read.
+    next: Position,
+    /// The last position to yield.
+    last: Position,
+    /// Nothing more to read (the log's end, or too much held back).
+    exhausted: bool,
+    /// Direct commits skipped because they did not commit.
+    pub not_committed: u64,
+}
+
+impl<'a> Source<'a> {
+    /// Committed records after `after` up to `last`, from `reader`.
+    pub fn new(reader: &'a dyn LogReader, after: Position, last: Position) -> Source<'a> {
+        Source {
+            reader,
+            settler: Settler::new(),
+            next: after.next(),
+            last,
+            exhausted: false,
+            not_committed: 0,
+        }
+    }
+
+    /// The next committed records in log order, at most `max`; empty when there are no more, or the
+    /// next one is not decided yet ([`Source::waiting`] tells).
+    pub async fn chunk(&mut self, max: usize) -> Result<Vec<(Position, Record)>, ReplayError> {
+        let mut out = Vec::new();
+        loop {
+            while out.len() < max.max(1) {
+                match self.settler.next() {
+                    Some(Settled::Committed(p, _) | Settled::Aborted(p, _)) if p > self.last.0 => {
+                        self.exhausted = true;
+                        return Ok(out);
+                    }
+                    Some(Settled::Committed(p, record)) => out.push((Position(p), *record)),
+                    Some(Settled::Aborted(..)) => self.not_committed += 1,
+                    None => break,
+                }
+            }
+            if out.len() >= max.max(1) || self.exhausted {
+                return Ok(out);
+            }
+            // More entries are needed to yield a record at or below the last position, or to decide one.
+            let needed = match self.settler.waiting() {
+                Some((p, _)) => p <= self.last.0,
+                None => self.next <= self.last,
+            };
+            if !needed || self.settler.held() >= MAX_HELD {
+                self.exhausted = true;
+                return Ok(out);
+            }
+            let entries = self.reader.read(self.next, READ).await?;
+            let Some(end) = entries.last().map(|e| e.position) else {
+                self.exhausted = true;
+                return Ok(out);
+            };
+            self.next = end.next();
+            for entry in entries {
+                let record =
+                    LogRecord::from_json(&entry.payload).map_err(|source| ReplayError::Record {
+                        position: entry.position,
+                        source,
+                    })?;
+                self.settler.push(entry.position.0, record);
+            }
+        }
+    }
+
+    /// The first record at or below the last position whose commit is not decided: where the replay
+    /// stopped short.
+    pub fn waiting(&self) -> Option<(Position, &Record)> {
+        self.settler
+            .waiting()
+            .filter(|(p, _)| *p <= self.last.0)
+            .map(|(p, r)| (Position(p), r))
+    }
+}
