@@ -32,7 +32,8 @@ run:
 	WALY_PASSWORD_POSTGRES=$${PGPASSWORD:-postgres} ./target/debug/waly serve --config config/waly.yaml
 
 # The fuzzer runs first so that cargo test's summary closes the output. The write-path and crash
-# suites run twice: on the file log, then on Kafka (WALY_TEST_LOG_BACKEND=kafka) against tansu: the
+# suites run three times: on the file log with the default direct commit, again with two-phase commit
+# (WALY_COMMIT_PROTOCOL=two-phase), then on Kafka (WALY_TEST_LOG_BACKEND=kafka) against tansu: the
 # crash suite on its durable engine, the write-path suite in memory, as each engine fails one of
 # them for reasons of its own (README, "The Kafka backend"). The test cluster
 # (target/waly-test-pg) and the Kafka brokers (target/waly-test-kafka/*), started by the Rust
@@ -41,6 +42,7 @@ test:
 	scripts/deps.sh test
 	scripts/fuzz.sh $${FUZZ_SECONDS:-60}
 	status=0; cargo test --no-fail-fast || status=$$?; \
+	  WALY_COMMIT_PROTOCOL=two-phase cargo test --no-fail-fast --test write_path --test crash || status=$$?; \
 	  WALY_TEST_LOG_BACKEND=kafka cargo test --no-fail-fast --test write_path || status=$$?; \
 	  WALY_TEST_LOG_BACKEND=kafka WALY_TEST_KAFKA_DURABLE=1 cargo test --no-fail-fast --test crash || status=$$?; \
 	  scripts/pg.sh stop target/waly-test-pg >/dev/null 2>&1 || true; \

@@ -2,17 +2,21 @@
 # Where a write transaction's time goes through waly, layer by layer.
 #
 # Runs one tpcb-like transaction (pgbench's: BEGIN, three UPDATEs, a SELECT, an INSERT, END; simple
-# protocol, CLIENTS clients, scale SCALE) in six ways, interleaved, on one private Postgres 15 (fsync
+# protocol, CLIENTS clients, scale SCALE) in seven ways, interleaved, on one private Postgres 15 (fsync
 # and synchronous_commit on), and reports TPS and CPU per transaction for each:
 #
 #   direct          Postgres, no waly schema                          (database bench_direct)
 #   pgbouncer       the same through PgBouncer (session mode): what a proxy hop costs
 #   triggers        straight to Postgres, on a database with waly's schema: the capture triggers
 #                   fill the buffer, the plain COMMIT throws it away    (database bench_layers)
-#   + capture read  ... and, before COMMIT, the query waly's commit reads the capture with
+#   + capture read  ... and, before COMMIT, the query waly's commit reads the capture with: every
+#                   statement waly sends to Postgres with direct commit (the default), without waly
 #   + 2PC           ... with the check and PREPARE TRANSACTION in that query, then COMMIT PREPARED:
-#                   every statement waly sends to Postgres, without waly
-#   waly            the plain transaction through waly: all of the above, plus the proxy and the log
+#                   every statement waly sends with commit_protocol: two-phase, without waly
+#   waly            the plain transaction through waly (direct commit): the capture read, plus the
+#                   proxy and the log
+#   waly 2PC        the same through a second waly with commit_protocol: two-phase (its own port and
+#                   data directory)
 #
 # bench_layers is initialised through waly (so it has waly's schema and triggers); the runs that go
 # straight to Postgres write to it behind waly's back, which is fine for a benchmark whose log is not
@@ -73,7 +77,7 @@ UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
 UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
 INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);'
 # src/commit/capture.rs, CAPTURE_QUERY (pgbench joins commands with \;)
-CAPTURE='SET CONSTRAINTS ALL IMMEDIATE \; SELECT pg_current_xact_id_if_assigned()::text, to_char(clock_timestamp() AT TIME ZONE '"'UTC'"', '"'"'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"'"'), current_setting('"'waly.capture'"', true), current_setting('"'waly.capture_spilled'"', true), CASE WHEN current_setting('"'waly.capture_tables'"', true) <> '"''"' THEN waly.sequence_positions(current_setting('"'waly.capture_tables'"', true)) END'
+CAPTURE='SET CONSTRAINTS ALL IMMEDIATE \; SELECT pg_current_xact_id_if_assigned()::text, to_char(clock_timestamp() AT TIME ZONE '"'UTC'"', '"'"'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"'"'), current_setting('"'waly.capture'"', true), current_setting('"'waly.capture_spilled'"', true), CASE WHEN current_setting('"'waly.capture_tables'"', true) <> '"''"' THEN waly.sequence_positions(current_setting('"'waly.capture_tables'"', true)) END, pg_my_temp_schema() <> 0 OR current_setting('"'max_prepared_transactions'"') = '"'0'"', CASE WHEN current_setting('"'synchronous_commit'"') = '"'off'"' THEN set_config('"'synchronous_commit'"', '"'local'"', true) END'
 # src/commit/capture.rs, first_round_trip(); gids unique per client and transaction
 PREPARE=' \; SAVEPOINT waly_prepare \; SELECT waly.assert_preparable() \; RELEASE SAVEPOINT waly_prepare \; PREPARE TRANSACTION '"'bench_:n-:client_id'"
 
@@ -82,7 +86,8 @@ printf '%s\n%s;\nCOMMIT;\n' "$TX_HEAD" "$CAPTURE" >"$TMP/capture.sql"
 printf '%s\n%s%s;\nCOMMIT PREPARED '"'bench_:n-:client_id'"';\n' "$TX_HEAD" "$CAPTURE" "$PREPARE" >"$TMP/prepare.sql"
 
 # layer -> "port database script"
-LAYERS=(direct pgbouncer triggers capture 2pc waly)
+LAYERS=(direct pgbouncer triggers capture 2pc waly waly2pc)
+WALY2_PORT=55455
 declare -A WHERE=(
     [direct]="$PG_PORT bench_direct plain"
     [pgbouncer]="$PGB_PORT bench_direct plain"
@@ -90,10 +95,12 @@ declare -A WHERE=(
     [capture]="$PG_PORT bench_layers capture"
     [2pc]="$PG_PORT bench_layers prepare"
     [waly]="$WALY_PORT bench_layers plain"
+    [waly2pc]="$WALY2_PORT bench_layers plain"
 )
 declare -A LABEL=(
     [direct]="direct" [pgbouncer]="PgBouncer" [triggers]="capture triggers"
-    [capture]="+ capture read" [2pc]="+ check and 2PC" [waly]="waly (all, plus proxy and log)"
+    [capture]="+ capture read (direct commit's statements)" [2pc]="+ check and 2PC (two-phase's statements)"
+    [waly]="waly, direct commit (capture read, proxy, log)" [waly2pc]="waly, two-phase commit (2PC, proxy, log)"
 )
 
 # ---------------------------------------------------------------- databases
@@ -101,6 +108,13 @@ psql_q "$PG_PORT" "CREATE DATABASE bench_direct" >/dev/null
 psql_q "$PG_PORT" "CREATE DATABASE bench_layers" >/dev/null
 bench_start_waly json "$TMP/waly.log" bench_layers
 [ "$WALY_OK" -eq 1 ] || die "waly did not start: $WALY_NOTE"
+WALY_DIRECT_PID=$WALY_PID
+WALY_PORT=$WALY2_PORT WALY_DATA=$TMP/waly-data-2pc WALY_CONFIG_NAME=waly-2pc.yaml \
+    WALY_EXTRA_YAML="commit_protocol: two-phase" bench_start_waly json "$TMP/waly-2pc.log" bench_layers
+[ "$WALY_OK" -eq 1 ] || die "the two-phase waly did not start: $WALY_NOTE"
+WALY2_PID=$WALY_PID
+WALY_PID=$WALY_DIRECT_PID
+bench_cleanup_hook() { [ -n "${WALY2_PID:-}" ] && stop_pid "$WALY2_PID" waly-2pc; }
 log "pgbench -i -s $SCALE: bench_direct directly, bench_layers through waly"
 pgbench -i -s "$SCALE" -q -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" bench_direct >"$TMP/init-direct.log" 2>&1 \
     || { tail -n 20 "$TMP/init-direct.log" >&2; die "pgbench -i failed"; }
@@ -121,6 +135,7 @@ run_layer() { # run_layer LAYER ROUND
     pid=""
     [ "$layer" = pgbouncer ] && pid=$PGB_PID
     [ "$layer" = waly ] && pid=$WALY_PID
+    [ "$layer" = waly2pc ] && pid=$WALY2_PID
     psql_q "$PG_PORT" CHECKPOINT >/dev/null
     log "run $id: $script.sql -c $CLIENTS -j $JOBS -T $DURATION -> $port/$db"
     [ -n "$pid" ] && p0=$(proc_ticks "$pid")
@@ -143,6 +158,8 @@ for ((round = 1; round <= RUNS; round++)); do
     for layer in "${LAYERS[@]}"; do run_layer "$layer" "$round"; done
 done
 waly_stop
+WALY_PID=$WALY2_PID waly_stop
+WALY2_PID=""
 [ "$(psql_q "$PG_PORT" "SELECT count(*) FROM pg_prepared_xacts" bench_layers)" = 0 ] \
     || RUN_ERRORS+=("prepared transactions were left in bench_layers")
 

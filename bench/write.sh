@@ -5,10 +5,12 @@
 # is a durability benchmark), PgBouncer (session mode) and waly in front of
 # it, and runs pgbench's built-in tpcb-like script (5 statements per
 # transaction: 3 UPDATEs, a SELECT and an INSERT) with CLIENTS clients,
-# -M prepared and -M simple, against Postgres directly, PgBouncer and waly,
-# interleaved. Each target has its own database (bench_direct,
-# bench_pgbouncer, bench_waly), initialised by `pgbench -i` through that
-# target, so bench_waly is created through waly: waly installs its schema
+# -M prepared and -M simple, against Postgres directly, PgBouncer, waly
+# (commit_protocol: direct, the default) and waly-2pc (commit_protocol:
+# two-phase, with a data directory of its own), interleaved. Each target has
+# its own database (bench_direct, bench_pgbouncer, bench_waly,
+# bench_waly2pc), initialised by `pgbench -i` through that target, so
+# bench_waly is created through waly: waly installs its schema
 # there on the first connection and logs the initial load like any write.
 # pgbench itself (no -n) vacuums pgbench_branches/tellers and truncates
 # pgbench_history through the target before each run; a CHECKPOINT is issued
@@ -19,7 +21,7 @@
 # run's appends, group-commit batches (one fsync each) and appends per
 # batch. "log fsyncs/tx" is batches / transactions pgbench processed.
 #
-# After all runs the whole log is replayed into an empty database with
+# After all runs the whole log of the waly target (direct commit) is replayed into an empty database with
 # `waly replay --batch REPLAY_BATCH`, in two timed steps: the records of
 # the initial load (`--to` the last position after `pgbench -i`), then the
 # benchmark runs' records. Row changes are taken from replay's own output
@@ -94,23 +96,30 @@ bench_find_waly
 [ -n "$WALY_EXE" ] || die "${WALY_NOTE#waly skipped: }"
 bench_check_waly_fresh
 
-TARGETS=(direct pgbouncer waly)
+TARGETS=(direct pgbouncer waly waly-2pc)
+is_waly() { [ "$1" = waly ] || [ "$1" = waly-2pc ]; }
 port_of() {
     case "$1" in
         direct) echo "$PG_PORT" ;;
         pgbouncer) echo "$PGB_PORT" ;;
-        waly) echo "$WALY_PORT" ;;
+        waly | waly-2pc) echo "$WALY_PORT" ;;
     esac
 }
-db_of() { echo "bench_$1"; }
+db_of() { echo "bench_${1//-/}"; }
+WALY_DATA_DIRECT=$WALY_DATA
 waly_cli() { # waly_cli ARGS...: a waly subcommand with the benchmark's config
     WALY_PASSWORD_POSTGRES=$PG_PASSWORD "$WALY_EXE" "$@" --config "$WALY_CONFIG"
 }
 
 WALY_PROBLEMS=()
 
-waly_up() { # waly_up NAME: start waly for one phase, logging to $WALY_LOGS/NAME.log
-    bench_start_waly json "$WALY_LOGS/$1.log" "$(db_of waly)"
+waly_up() { # waly_up TARGET NAME: start waly for one phase, logging to $WALY_LOGS/NAME.log
+    if [ "$1" = waly-2pc ]; then
+        WALY_DATA=$TMP/waly-data-2pc WALY_CONFIG_NAME=waly-2pc.yaml WALY_EXTRA_YAML="commit_protocol: two-phase" \
+            bench_start_waly json "$WALY_LOGS/$2.log" "$(db_of "$1")"
+    else
+        WALY_DATA=$WALY_DATA_DIRECT bench_start_waly json "$WALY_LOGS/$2.log" "$(db_of "$1")"
+    fi
     [ "$WALY_OK" -eq 1 ]
 }
 waly_down() { # waly_down NAME: graceful stop; sets W_APPENDS W_BATCHES W_APB W_FAILED
@@ -144,21 +153,23 @@ done
 psql_q "$PG_PORT" "CREATE DATABASE bench_replay" >/dev/null
 
 for target in "${TARGETS[@]}"; do
-    if [ "$target" = waly ]; then
-        waly_up init || die "waly did not start: $WALY_NOTE"
+    if is_waly "$target"; then
+        waly_up "$target" "init-$target" || die "waly did not start: $WALY_NOTE"
     fi
     log "pgbench -i -s $SCALE through $target (database $(db_of "$target"))"
     t0=$(date +%s.%N)
     pgbench -i -s "$SCALE" -q -h 127.0.0.1 -p "$(port_of "$target")" -U "$PG_USER" "$(db_of "$target")" \
         >"$TMP/pgbench-init-$target.log" 2>&1 \
-        || { tail -n 20 "$TMP/pgbench-init-$target.log" >&2; [ "$target" = waly ] && tail -n 20 "$WALY_LOGS/init.log" >&2; die "pgbench -i through $target failed"; }
+        || { tail -n 20 "$TMP/pgbench-init-$target.log" >&2; is_waly "$target" && tail -n 20 "$WALY_LOGS/init-$target.log" >&2; die "pgbench -i through $target failed"; }
     INIT_S[$target]=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
     log "  done in ${INIT_S[$target]}s"
     if [ "$target" = waly ]; then
         INIT_END=$(log_last_position)
-        waly_down init
+        waly_down "init-$target"
         INIT_APPENDS=$W_APPENDS; INIT_BATCHES=$W_BATCHES
         log "  waly's log holds positions up to $INIT_END after the initial load"
+    elif is_waly "$target"; then
+        waly_down "init-$target"
     fi
 done
 # same starting point for every database: statistics and visibility maps
@@ -169,7 +180,7 @@ done
 pid_of() {
     case "$1" in
         pgbouncer) echo "$PGB_PID" ;;
-        waly) echo "$WALY_PID" ;;
+        waly | waly-2pc) echo "$WALY_PID" ;;
         *) echo "" ;;
     esac
 }
@@ -192,13 +203,13 @@ run_one() { # run_one PROTO TARGET ROUND
     port=$(port_of "$target")
     db=$(db_of "$target")
     psql_q "$PG_PORT" CHECKPOINT >/dev/null
-    if [ "$target" = waly ]; then
-        if ! waly_up "$id"; then
+    if is_waly "$target"; then
+        if ! waly_up "$target" "$id"; then
             RUN_ERRORS+=("$id: $WALY_NOTE")
             R_TPS[$rkey]=error
             return 0
         fi
-        WALY_RUNS=$((WALY_RUNS + 1))
+        [ "$target" = waly ] && WALY_RUNS=$((WALY_RUNS + 1))
     fi
     pid=$(pid_of "$target")
     log "run $id: pgbench (tpcb-like) -M $proto -c $CLIENTS -j $JOBS -T $DURATION -> $target:$port/$db"
@@ -222,7 +233,7 @@ run_one() { # run_one PROTO TARGET ROUND
     R_OTHER[$rkey]=$other
     OTHER_ALL+=("$other")
     if awk -v o="$other" -v m="$OTHER_MAX" 'BEGIN { exit !(o > m) }'; then OTHER_MAX=$other; OTHER_MAX_ID=$id; fi
-    if [ "$target" = waly ]; then
+    if is_waly "$target"; then
         waly_down "$id"
         R_APPENDS[$rkey]=$W_APPENDS; R_BATCHES[$rkey]=$W_BATCHES; R_APB[$rkey]=$W_APB; R_WFAILED[$rkey]=$W_FAILED
         if [ "${W_FAILED:-0}" != 0 ] && [ -n "$W_FAILED" ]; then RUN_ERRORS+=("$id: waly reports $W_FAILED failed appends"); fi
@@ -241,7 +252,7 @@ run_one() { # run_one PROTO TARGET ROUND
     pgcpu_us=$(awk -v d=$((pg1 - pg0)) -v hz="$CLK_TCK" -v n="${ntx:-0}" 'BEGIN { if (n > 0) printf "%.3f", d / hz * 1e6 / n }')
     R_PGCPU[$rkey]=$pgcpu_us
     R_TPS[$rkey]=$tps; R_LAT[$rkey]=$lat; R_P50[$rkey]=$p50; R_P99[$rkey]=$p99; R_NTX[$rkey]=${ntx:-$n}; R_CPU[$rkey]=$cpu_us
-    if [ "$target" = waly ] && [ -n "${R_BATCHES[$rkey]:-}" ] && [ "${ntx:-0}" -gt 0 ]; then
+    if is_waly "$target" && [ -n "${R_BATCHES[$rkey]:-}" ] && [ "${ntx:-0}" -gt 0 ]; then
         R_FPT[$rkey]=$(awk -v b="${R_BATCHES[$rkey]}" -v n="$ntx" 'BEGIN { printf "%.4f", b / n }')
     fi
     if [ "${failed:-0}" != 0 ]; then RUN_ERRORS+=("$id: $failed failed transactions"); fi
@@ -294,25 +305,29 @@ done
 OTHER_MEDIAN=$(median "${OTHER_ALL[@]+"${OTHER_ALL[@]}"}")
 
 # ---------------------------------------------------------------- 6. replay
-# waly is stopped (each run stopped it); replay reads the log on its own.
+# waly is stopped (each run stopped it); replay reads the log of the waly
+# target (direct commit: outcome records included) on its own.
 [ -z "$WALY_PID" ] || waly_stop
+WALY_CONFIG=$TMP/waly.yaml
 LOG_END=$(log_last_position)
 LOG_BYTES=$(du -sb "$WALY_DATA" | cut -f1)
 log "waly's log: positions 1..$LOG_END ($((LOG_BYTES / 1048576)) MiB in $WALY_DATA); initial load up to $INIT_END"
 
 # counts of insert/update/delete changes in the records after the initial load
 log "counting the benchmark runs' row changes in the log (waly log tail --json)"
-WL_COUNTS=$(waly_cli log tail --json --from $((INIT_END + 1)) -n 100000000 2>"$TMP/tail.err" \
-    | jq -r '.record.changes[]?.kind' | sort | uniq -c | awk '{ printf "%s=%s ", $2, $1 }')
+waly_cli log tail --json --from $((INIT_END + 1)) -n 100000000 >"$TMP/tail.json" 2>"$TMP/tail.err" || true
+WL_COUNTS=$(jq -r '.record.changes[]?.kind' "$TMP/tail.json" | sort | uniq -c | awk '{ printf "%s=%s ", $2, $1 }')
+# transaction records (outcome records, which decide direct commits, have no txid)
+WL_RECORDS=$(jq -r 'select(.record.txid != null) | .position' "$TMP/tail.json" | wc -l)
+WL_OUTCOMES=$(jq -r 'select(.record.kind == "outcome") | .position' "$TMP/tail.json" | wc -l)
 WL_ROWS=0
 for k in insert update delete; do
     c=$(printf '%s\n' "$WL_COUNTS" | tr ' ' '\n' | awk -F= -v k="$k" '$1 == k { print $2 }')
     WL_ROWS=$((WL_ROWS + ${c:-0}))
 done
-WL_RECORDS=$((LOG_END - INIT_END))
 WL_SECONDS=$((WALY_RUNS * DURATION))
 WL_RATE=$(awk -v r="$WL_ROWS" -v s="$WL_SECONDS" 'BEGIN { if (s > 0) printf "%.0f", r / s; else print 0 }')
-log "  $WL_RECORDS records, changes by kind: ${WL_COUNTS:-none}; $WL_ROWS row changes in ${WL_SECONDS}s of waly runs = $WL_RATE/s"
+log "  $WL_RECORDS transaction records, $WL_OUTCOMES outcome records, changes by kind: ${WL_COUNTS:-none}; $WL_ROWS row changes in ${WL_SECONDS}s of waly runs = $WL_RATE/s"
 
 REPLAY_URL="postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/bench_replay"
 declare -A RP_ROWS RP_SECS RP_OUT
@@ -404,7 +419,7 @@ REPORT="$TMP/report.md"
             fi
             rd="-"; rb="-"; cpu_s="-"; pgcpu_s="-"; apb_s="-"; fpt_s="-"
             [ -n "${PGCPU[$key]:-}" ] && pgcpu_s=$(f1 "${PGCPU[$key]}")
-            if [ "$target" = waly ]; then
+            if is_waly "$target"; then
                 [ "${TPS[$proto/direct]:-error}" != error ] && rd=$(ratio "$tps" "${TPS[$proto/direct]}")
                 [ "${TPS[$proto/pgbouncer]:-error}" != error ] && rb=$(ratio "$tps" "${TPS[$proto/pgbouncer]}")
                 [ -n "${APB[$key]:-}" ] && apb_s=$(f2 "${APB[$key]}")
@@ -422,7 +437,7 @@ REPORT="$TMP/report.md"
     echo "| part | records | row changes | seconds | row changes/s |"
     echo "|---|---:|---:|---:|---:|"
     echo "| initial load (\`pgbench -i\` through waly, positions 1..$INIT_END) | $INIT_END | ${RP_ROWS[init]:-error} | ${RP_SECS[init]} | $RP_RATE_INIT |"
-    echo "| benchmark runs (positions $((INIT_END + 1))..$LOG_END) | $WL_RECORDS | ${RP_ROWS[runs]:-error} | ${RP_SECS[runs]} | $RP_RATE_RUNS |"
+    echo "| benchmark runs (positions $((INIT_END + 1))..$LOG_END; $WL_OUTCOMES of them outcome records) | $WL_RECORDS | ${RP_ROWS[runs]:-error} | ${RP_SECS[runs]} | $RP_RATE_RUNS |"
     echo "| whole log | $LOG_END | $RP_TOTAL_ROWS | $RP_TOTAL_SECS | $RP_RATE_TOTAL |"
     echo
     echo "- workload's own rate: $WL_ROWS row changes (insert/update/delete changes counted in \`waly log tail --json\` over the benchmark runs' records: ${WL_COUNTS:-none}) in $WL_SECONDS s of waly pgbench runs ($WALY_RUNS runs x ${DURATION}s) = **$WL_RATE row changes/s**"
@@ -432,7 +447,7 @@ REPORT="$TMP/report.md"
     echo
     echo "## Raw figures"
     echo
-    echo "Initialisation (\`pgbench -i -s $SCALE\` through each target): direct ${INIT_S[direct]}s, pgbouncer ${INIT_S[pgbouncer]}s, waly ${INIT_S[waly]}s (waly: ${INIT_APPENDS:-?} appends in ${INIT_BATCHES:-?} batches)."
+    echo "Initialisation (\`pgbench -i -s $SCALE\` through each target): direct ${INIT_S[direct]}s, pgbouncer ${INIT_S[pgbouncer]}s, waly ${INIT_S[waly]}s, waly-2pc ${INIT_S[waly-2pc]}s (waly: ${INIT_APPENDS:-?} appends in ${INIT_BATCHES:-?} batches)."
     echo
     echo "Per run (each cell lists round 1, 2, ... in order; \"other load\" is the host CPU, in cores, used by processes outside this benchmark during that run):"
     echo

@@ -442,3 +442,55 @@ async fn waly_log_tail_and_show_read_the_log_while_it_is_open_for_writing() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn waly_log_show_tells_whether_a_direct_commit_committed() {
+    use waly::log::{FileLog, FileLogConfig, Log};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = FileLog::open(FileLog::dir_in(&data), FileLogConfig::default()).unwrap();
+    let direct = |n: u32, decided_through: u64| {
+        format!(
+            r#"{{"format":2,"txid":"{n}00","gid":"waly_{n}00","committed_at":"2026-12-04T10:00:0{n}.000000Z",
+            "commit":"direct","writer":"log1-boot1","decided_through":{decided_through},
+            "session":{{"user":"app","database":"shop","client_addr":"127.0.0.1:5000"}},
+            "statements":[{{"sql":"insert into t values ({n})"}}],
+            "changes":[{{"kind":"insert","schema":"public","table":"t","pk":{{"id":{n}}},"new":{{"id":{n}}}}}]}}"#
+        )
+    };
+    let outcome = r#"{"kind":"outcome","format":2,"writer":"log1-boot1","aborted":[{"position":2,"txid":"200"}],"decided_through":2}"#;
+    for payload in [direct(1, 0), direct(2, 0), outcome.to_owned(), direct(4, 2)] {
+        log.append(payload.into_bytes().into()).await.unwrap();
+    }
+    let config = dir.path().join("waly.yaml");
+    std::fs::write(&config, format!("data_dir: {}\n", data.display())).unwrap();
+    let show = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_waly"))
+            .args(["log", "show"])
+            .args(args)
+            .args(["--config", path_str(&config)])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = show(&["1"]);
+    assert!(
+        first.contains("commit direct") && first.contains("outcome: committed"),
+        "{first}"
+    );
+    let second = show(&["2"]);
+    assert!(second.contains("outcome: NOT COMMITTED"), "{second}");
+    let json: serde_json::Value = serde_json::from_str(show(&["2", "--json"]).trim()).unwrap();
+    assert_eq!(json["outcome"], "not committed", "{json}");
+    assert_eq!(json["record"]["txid"], "200");
+    let marker = show(&["3"]);
+    assert!(
+        marker.contains("writer log1-boot1")
+            && marker.contains("decided through 2")
+            && marker.contains("not committed: position 2 (txid 200)"),
+        "{marker}"
+    );
+    let last = show(&["4"]);
+    assert!(last.contains("outcome: undecided"), "{last}");
+}

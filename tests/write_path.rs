@@ -739,3 +739,161 @@ async fn writes_after_a_rollback_in_the_same_query_string_or_batch_are_logged() 
     );
     s.assert_replay_equals_live();
 }
+
+/// SERIALIZABLE write skew: the second transaction to commit fails at COMMIT with 40001, as it would on
+/// Postgres. Its record was already in the log (direct commit) or its PREPARE failed first (two-phase):
+/// either way no reader acts on it, the first transaction's record stands, and replay equals live.
+#[tokio::test]
+async fn a_serialization_failure_at_commit_leaves_no_committed_record() {
+    let s = Served::new("wp_serial");
+    let url = s.url();
+    psql(
+        &url,
+        "create table duty (doctor text primary key, on_call bool not null);
+         insert into duty values ('alice', true), ('bob', true);",
+    );
+    let (a, b) = (connect(&url).await, connect(&url).await);
+    let before = s.waly.log_end().await;
+    for c in [&a, &b] {
+        c.batch_execute("begin isolation level serializable")
+            .await
+            .unwrap();
+        let on_call: i64 = c
+            .query_one("select count(*) from duty where on_call", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(on_call, 2);
+    }
+    a.batch_execute("update duty set on_call = false where doctor = 'alice'")
+        .await
+        .unwrap();
+    b.batch_execute("update duty set on_call = false where doctor = 'bob'")
+        .await
+        .unwrap();
+    a.batch_execute("commit")
+        .await
+        .expect("the first commit wins");
+    let err = b
+        .batch_execute("commit")
+        .await
+        .expect_err("write skew under SERIALIZABLE fails the second commit");
+    let db = err.as_db_error().expect("a Postgres error");
+    assert_eq!(db.code().code(), "40001", "{db:?}");
+    assert!(
+        db.message().contains("could not serialize"),
+        "Postgres' own message: {db:?}"
+    );
+    b.batch_execute("select 1")
+        .await
+        .expect("the session survives the failed commit");
+
+    let records = s.waly.records().await;
+    assert_eq!(
+        records.len() as u64,
+        before + 1,
+        "only the winner is a committed record"
+    );
+    let winner = records.last().unwrap();
+    assert_eq!(winner.row_changes(), 1, "{winner:?}");
+    assert!(
+        format!("{:?}", winner.changes).contains("alice"),
+        "the winner's row change: {winner:?}"
+    );
+    let aborted = s.waly.aborted().await;
+    if two_phase() {
+        assert!(
+            aborted.is_empty(),
+            "a failed PREPARE appends nothing: {aborted:?}"
+        );
+    } else {
+        assert_eq!(
+            aborted.len(),
+            1,
+            "the loser's record is decided as not committed: {aborted:?}"
+        );
+    }
+    let on_call: Vec<String> = a
+        .query("select doctor from duty where on_call order by doctor", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(on_call, vec!["bob".to_owned()]);
+    assert_eq!(prepared_transactions(&a).await, 0);
+    s.assert_replay_equals_live();
+}
+
+/// A Postgres with prepared transactions disabled (`max_prepared_transactions = 0`, its default) works
+/// behind waly with either commit protocol: every transaction commits directly, explicit, autocommit and
+/// failing ones alike, and the log rebuilds the database.
+#[tokio::test]
+async fn postgres_without_prepared_transactions_commits_directly() {
+    let pg = PrivatePostgres::start("waly-wp-noprepare-");
+    psql(
+        &pg.url("postgres"),
+        "ALTER SYSTEM SET max_prepared_transactions = 0",
+    );
+    pg.pg_sh("stop");
+    pg.pg_sh("start");
+    let db = pg.create_db("wp_noprepare");
+    let mut waly = Waly::start_with(pg.waly_options());
+    let c = connect(&waly.url(&db)).await;
+    let setting: String = c
+        .query_one("show max_prepared_transactions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(setting, "0");
+    c.batch_execute("create table item (id int primary key, qty int not null check (qty >= 0))")
+        .await
+        .unwrap();
+    let before = waly.log_end().await;
+    c.batch_execute("insert into item values (1, 5)")
+        .await
+        .unwrap();
+    c.batch_execute("begin; insert into item values (2, 1); update item set qty = qty + 1; commit")
+        .await
+        .unwrap();
+    let err = c
+        .batch_execute("update item set qty = qty - 3")
+        .await
+        .expect_err("the check constraint fails");
+    assert_eq!(err.code().map(|s| s.code()), Some("23514"), "{err:?}");
+    c.batch_execute(
+        "begin; savepoint s; delete from item where id = 2; rollback to s; \
+                     delete from item where id = 1; commit",
+    )
+    .await
+    .unwrap();
+
+    let records = waly.records().await;
+    let new: Vec<_> = records.iter().skip(before as usize).collect();
+    assert_eq!(new.len(), 3, "three write transactions committed: {new:?}");
+    assert!(
+        new.iter().all(|r| r.commit == CommitKind::Direct),
+        "without prepared transactions every commit is direct: {:?}",
+        new.iter().map(|r| r.commit).collect::<Vec<_>>()
+    );
+    let rows: Vec<(i32, i32)> = c
+        .query("select id, qty from item order by id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, vec![(2, 2)]);
+    assert!(
+        !waly.logs().contains("WA001"),
+        "waly's internal signal never reaches its log as an error:\n{}",
+        waly.logs()
+    );
+
+    waly.terminate();
+    waly.wait_exit(Duration::from_secs(30))
+        .expect("waly stops on SIGTERM");
+    let target = pg.create_db("replayed");
+    waly.replay_into(&pg.url(&target));
+    assert_same_dump(&dump_app(&pg.url(&db)), &dump_app(&pg.url(&target)));
+}

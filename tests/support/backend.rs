@@ -169,6 +169,23 @@ impl LogAccess {
         (out, waiting)
     }
 
+    /// The direct commits outcome records list as not committed: (position, txid), in log order.
+    pub async fn aborted(&self) -> Vec<(Position, String)> {
+        let mut out = Vec::new();
+        for reader in self.readers() {
+            for e in read_all(reader.as_ref()).await {
+                if let Ok(LogRecord::Outcome(o)) = LogRecord::from_json(&e.payload) {
+                    out.extend(
+                        o.aborted
+                            .into_iter()
+                            .map(|a| (Position(a.position), a.txid)),
+                    );
+                }
+            }
+        }
+        out
+    }
+
     /// How many committed transaction records the log holds (Kafka: summed over the topics).
     pub async fn end(&self) -> u64 {
         self.entries().await.len() as u64

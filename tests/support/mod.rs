@@ -428,6 +428,11 @@ impl Waly {
         self.access.end().await
     }
 
+    /// The direct commits the log's outcome records list as not committed: (position, txid).
+    pub async fn aborted(&self) -> Vec<(waly::log::Position, String)> {
+        self.access.aborted().await
+    }
+
     /// Every record in the log, in order.
     pub async fn records(&self) -> Vec<waly::record::Record> {
         self.access
