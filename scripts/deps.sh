@@ -4,7 +4,7 @@
 #   scripts/deps.sh build   Debian packages for building (libclang-dev for
 #                           pg_query's bindgen, gcc)
 #   scripts/deps.sh test    the above, plus Postgres and pgbouncer, a Python
-#                           venv with psycopg at .waly/venv, node-postgres
+#                           venv with psycopg and asyncpg at .waly/venv, node-postgres
 #                           in tests/clients/node/node_modules, and the tansu
 #                           Kafka broker (scripts/kafka.sh install: built with
 #                           cargo into ~/.cache/waly-test the first time, ~15 min)
@@ -38,7 +38,7 @@ apt_install() {
     { "${apt[@]}" update && "${apt[@]}" install -y --no-install-recommends "${missing[@]}"; }
 }
 
-# A venv with the pinned psycopg; rebuilt only when requirements.txt changes.
+# A venv with the pinned psycopg and asyncpg; rebuilt only when requirements.txt changes.
 python_venv() {
   local req=tests/clients/requirements.txt
   [[ -x $VENV/bin/python && $VENV/.installed -nt $req ]] && return 0

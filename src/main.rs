@@ -9,8 +9,52 @@ fn main() -> std::process::ExitCode {
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("waly: {e:#}");
+            eprintln!("waly: {}", report(&e));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes, outermost first, joined by ": ". A cause whose text its error already
+/// printed (an error that names its source in its message) is not repeated.
+fn report(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::report;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open the log: {0}")]
+    struct Opening(#[from] std::io::Error);
+
+    #[test]
+    fn a_cause_already_in_its_error_message_is_printed_once() {
+        let io = std::io::Error::other("another process has the log open");
+        let error = anyhow::Error::from(Opening(io)).context("waly serve");
+        assert_eq!(
+            report(&error),
+            "waly serve: cannot open the log: another process has the log open"
+        );
+    }
+
+    #[test]
+    fn causes_not_in_the_message_are_all_printed() {
+        let error = anyhow::anyhow!("root cause")
+            .context("middle")
+            .context("top");
+        assert_eq!(report(&error), "top: middle: root cause");
     }
 }

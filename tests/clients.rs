@@ -1,4 +1,4 @@
-//! Real clients through waly: psql (with \copy), pgbench, pg_dump/pg_restore, psycopg 3 and
+//! Real clients through waly: psql (with \copy), pgbench, pg_dump/pg_restore, psycopg 3, asyncpg and
 //! node-postgres. Each check runs against Postgres directly and through waly with the same assertions.
 
 mod support;
@@ -217,4 +217,27 @@ fn node_postgres_passes_the_same_checks_directly_and_through_waly() {
         );
         assert!(out.contains(" passed, 0 failed"), "{label}:\n{out}");
     }
+}
+
+#[tokio::test]
+async fn asyncpg_passes_the_same_checks_directly_and_through_waly() {
+    let t = Targets::new("asyncpg");
+    let script = project_root().join("tests/clients/asyncpg_check.py");
+    for (label, url) in t.both() {
+        let out = run_ok(
+            Command::new(python()).arg(&script).arg(&url),
+            &format!("{label}: asyncpg checks"),
+        );
+        assert!(out.contains(" passed, 0 failed"), "{label}:\n{out}");
+    }
+    // The binary COPY asyncpg sends right after an unsynced prepare is in the log, row by row.
+    let copied = t
+        .waly
+        .records()
+        .await
+        .iter()
+        .flat_map(|r| &r.changes)
+        .filter(|c| matches!(c, waly::record::Change::Insert { table, .. } if table == "copied"))
+        .count();
+    assert_eq!(copied, 500, "rows of asyncpg's COPY in the log");
 }

@@ -897,3 +897,69 @@ async fn postgres_without_prepared_transactions_commits_directly() {
     waly.replay_into(&pg.url(&target));
     assert_same_dump(&dump_app(&pg.url(&db)), &dump_app(&pg.url(&target)));
 }
+
+#[tokio::test]
+async fn one_waly_serving_two_databases_replays_each_on_its_own() {
+    let mut waly = Waly::start();
+    let (shop, crm) = (postgres().create_db("shop"), postgres().create_db("crm"));
+    // The same table name in both, with different rows, interleaved in the log.
+    for (db, rows) in [(&shop, 3), (&crm, 5)] {
+        psql(
+            &waly.url(db),
+            "create table items (id int primary key, note text)",
+        );
+        psql(
+            &waly.url(db),
+            &format!("insert into items select g, 'first ' || g from generate_series(1, {rows}) g"),
+        );
+    }
+    psql(
+        &waly.url(&shop),
+        "update items set note = 'shop' where id = 1",
+    );
+    psql(&waly.url(&crm), "delete from items where id = 5");
+
+    waly.terminate();
+    waly.wait_exit(Duration::from_secs(30))
+        .expect("waly stops on SIGTERM");
+    if !backend::kafka_mode() {
+        // The file log holds both databases' records: replay refuses to mix them into one target.
+        let target = postgres().create_db("mixed");
+        let out = waly
+            .replay_command(&postgres().url(&target), None)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "replay mixed two databases: {stderr}"
+        );
+        assert!(
+            stderr.contains("the log holds the records of several databases")
+                && stderr.contains("--database"),
+            "{stderr}"
+        );
+        assert_eq!(
+            psql(
+                &postgres().url(&target),
+                "select count(*) from pg_tables where tablename = 'items'"
+            ),
+            "0\n",
+            "the refused replay applied nothing (both databases' records were in its first chunk)"
+        );
+    }
+    for db in [&shop, &crm] {
+        let target = postgres().create_db("replayed");
+        let out = run_ok(
+            &mut waly.replay_command(&postgres().url(&target), Some(db)),
+            "waly replay --database",
+        );
+        if !backend::kafka_mode() {
+            assert!(out.contains("records of other databases"), "{out}");
+        }
+        assert_same_dump(
+            &dump_app(&postgres().url(db)),
+            &dump_app(&postgres().url(&target)),
+        );
+    }
+}

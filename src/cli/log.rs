@@ -15,7 +15,8 @@ use super::ConfigArgs;
 pub struct LogArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// The database whose records to read (needed with the Kafka backend: one topic per database).
+    /// The database whose records to read: required with the Kafka backend (one topic per database);
+    /// the file log holds every database's records, each naming its database, and shows them all.
     #[arg(long, short = 'd', global = true)]
     database: Option<String>,
     #[command(subcommand)]

@@ -27,7 +27,9 @@ pub struct ReplayArgs {
     /// The database to rebuild, as a libpq URL or key=value string.
     #[arg(long)]
     target: String,
-    /// The database whose log to replay (needed with the Kafka backend: one topic per database).
+    /// The database whose records to replay: required with the Kafka backend (one topic per database)
+    /// and with a file log that holds the records of several databases (it holds every database waly
+    /// serves); the other databases' records are skipped.
     #[arg(long, short = 'd')]
     database: Option<String>,
     /// exact: apply the logged row images and DDL (triggers off); ops: re-execute the logged domain
@@ -90,7 +92,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         };
         let progress = progress_bar(end.0 - start.0);
         let began = SystemTime::now();
-        let mut source = Source::new(reader.as_ref(), start, end);
+        let mut source = Source::new(reader.as_ref(), start, end).only(args.database.as_deref());
         loop {
             let records = source.chunk(CHUNK).await?;
             let Some(last) = records.last().map(|(p, _)| *p) else {
@@ -105,6 +107,13 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         let waiting = source.waiting().map(|(p, r)| (p, r.writer.clone()));
         let reached = waiting.as_ref().map_or(end, |(p, _)| Position(p.0 - 1));
         println!("{}", replayer.report(start, reached, secs));
+        if source.other_databases > 0 {
+            println!(
+                "skipped {} records of other databases than {}",
+                source.other_databases,
+                args.database.as_deref().unwrap_or_default()
+            );
+        }
         if source.not_committed > 0 {
             println!(
                 "skipped {} records of direct commits that did not commit (outcome records say so)",

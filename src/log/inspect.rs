@@ -180,7 +180,7 @@ async fn outcome_of(log: &dyn LogReader, entry: &Entry) -> Result<Option<Outcome
     settler.push(entry.position.0, record);
     let mut next = entry.position.next();
     loop {
-        match settler.next() {
+        match settler.next_settled() {
             Some(Settled::Committed(..)) => return Ok(Some(Outcome::Committed)),
             Some(Settled::Aborted(..)) => return Ok(Some(Outcome::NotCommitted)),
             None => {}

@@ -61,7 +61,7 @@ impl Settler {
 
     /// The next record whose outcome is known, in log order; `None` while the next one still waits
     /// (or none is held).
-    pub fn next(&mut self) -> Option<Settled> {
+    pub fn next_settled(&mut self) -> Option<Settled> {
         let (position, record) = self.held.front()?;
         let position = *position;
         let settled = match record.commit {
@@ -124,7 +124,7 @@ mod tests {
     }
 
     fn drain(s: &mut Settler) -> Vec<String> {
-        std::iter::from_fn(|| s.next())
+        std::iter::from_fn(|| s.next_settled())
             .map(|x| match x {
                 Settled::Committed(p, _) => format!("+{p}"),
                 Settled::Aborted(p, _) => format!("-{p}"),

@@ -116,6 +116,18 @@ pub enum ReplayError {
         source: RecordError,
     },
 
+    /// No database was named, and the log holds the records of more than one (the file log holds every
+    /// database waly serves).
+    #[error(
+        "record {position} is of database \"{database}\", the records before it of \"{first}\": the log \
+         holds the records of several databases; hint: name the one to replay with --database"
+    )]
+    SeveralDatabases {
+        position: Position,
+        database: String,
+        first: String,
+    },
+
     /// The records given are not in increasing position order.
     #[error(
         "record {position} came after record {previous}: records must be replayed in log order"

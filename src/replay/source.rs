@@ -7,6 +7,10 @@
 //! how the records before it ended (outcome information is always true, even in a tail the log has not
 //! proven durable yet), and stops at the first record whose commit is not decided: everything after it
 //! waits, so records are applied in log order (invariant 3). It never applies anything itself.
+//!
+//! The file log holds the records of every database waly serves: a source yields one database's
+//! records ([`Source::only`]), and without that it refuses a log that turns out to hold several, rather
+//! than mix them into one target.
 
 use crate::log::{LogReader, Position};
 use crate::record::{LogRecord, Record, Settled, Settler};
@@ -30,6 +34,12 @@ pub struct Source<'a> {
     exhausted: bool,
     /// Direct commits skipped because they did not commit.
     pub not_committed: u64,
+    /// The database whose records to yield; `None`: all, as long as they are of one database.
+    database: Option<String>,
+    /// The database of the records yielded so far, when no database was named.
+    seen_database: Option<String>,
+    /// Committed records skipped because they are of another database.
+    pub other_databases: u64,
 }
 
 impl<'a> Source<'a> {
@@ -42,7 +52,40 @@ impl<'a> Source<'a> {
             last,
             exhausted: false,
             not_committed: 0,
+            database: None,
+            seen_database: None,
+            other_databases: 0,
         }
+    }
+
+    /// Yields only the records of `database` (all records when `None`, which must then be of one).
+    pub fn only(mut self, database: Option<&str>) -> Source<'a> {
+        self.database = database.map(str::to_owned);
+        self
+    }
+
+    /// Whether a committed record is one to yield.
+    fn wanted(&mut self, position: u64, record: &Record) -> Result<bool, ReplayError> {
+        let database = &record.session.database;
+        if let Some(only) = &self.database {
+            if database != only {
+                self.other_databases += 1;
+                return Ok(false);
+            }
+            return Ok(true);
+        }
+        match &self.seen_database {
+            None => self.seen_database = Some(database.clone()),
+            Some(first) if first != database => {
+                return Err(ReplayError::SeveralDatabases {
+                    position: Position(position),
+                    database: database.clone(),
+                    first: first.clone(),
+                });
+            }
+            Some(_) => {}
+        }
+        Ok(true)
     }
 
     /// The next committed records in log order, at most `max`; empty when there are no more, or the
@@ -51,12 +94,16 @@ impl<'a> Source<'a> {
         let mut out = Vec::new();
         loop {
             while out.len() < max.max(1) {
-                match self.settler.next() {
+                match self.settler.next_settled() {
                     Some(Settled::Committed(p, _) | Settled::Aborted(p, _)) if p > self.last.0 => {
                         self.exhausted = true;
                         return Ok(out);
                     }
-                    Some(Settled::Committed(p, record)) => out.push((Position(p), *record)),
+                    Some(Settled::Committed(p, record)) => {
+                        if self.wanted(p, &record)? {
+                            out.push((Position(p), *record));
+                        }
+                    }
                     Some(Settled::Aborted(..)) => self.not_committed += 1,
                     None => break,
                 }

@@ -330,6 +330,16 @@ where
                     return Ok(Pumped::Terminated);
                 }
                 b'Q' | b'F' => {
+                    if self.flow.streaming {
+                        // A Query after a batch that streamed from a Flush, before its Sync (asyncpg
+                        // prepares with Parse, Describe, Flush, then sends COPY as a Query): Postgres
+                        // ends the batch there. So does waly, with a Sync of its own; the Query then
+                        // runs as a request of its own.
+                        self.end_streamed_part(b);
+                        write_now(&mut self.backend_w, &mut b.to_backend)
+                            .map_err(|_| Ending::BackendGone)?;
+                        continue;
+                    }
                     if self.flow.skip_to_sync || !self.flow.batch.bytes.is_empty() {
                         // A Query inside an unfinished batch: Postgres ends the batch's implicit
                         // transaction there; send what was collected first.
@@ -425,6 +435,16 @@ where
             write_now(&mut self.backend_w, &mut b.to_backend).map_err(|_| Ending::BackendGone)?;
         }
         Ok(Pumped::Idle)
+    }
+
+    /// Ends the part of a batch that streamed from a Flush with a Sync of waly's own, whose
+    /// ReadyForQuery the client does not see (it sent no Sync), unless an error came.
+    fn end_streamed_part(&mut self, b: &mut Buffers) {
+        encode::sync(&mut b.to_backend);
+        if let Some(step) = self.flow.steps.back_mut() {
+            step.intermediate = true;
+        }
+        self.flow.streaming = false;
     }
 
     /// Whether a pipelined Query or FunctionCall must wait for the transaction status.
@@ -607,11 +627,7 @@ where
             if commit {
                 // End the part already sent with a Sync of waly's own, then commit, then go on with the
                 // rest of the batch as a new one.
-                encode::sync(&mut b.to_backend);
-                if let Some(step) = self.flow.steps.back_mut() {
-                    step.intermediate = true;
-                }
-                self.flow.streaming = false;
+                self.end_streamed_part(b);
                 self.flow.pieces.push_back(Piece {
                     bytes: message,
                     kind: PieceKind::Commit { extended: true },

@@ -156,7 +156,7 @@ impl LogAccess {
                 let record = LogRecord::from_json(&e.payload)
                     .unwrap_or_else(|err| panic!("record at {}: {err}", e.position));
                 settler.push(e.position.0, record);
-                while let Some(s) = settler.next() {
+                while let Some(s) = settler.next_settled() {
                     if let Settled::Committed(p, r) = s {
                         out.push((Position(p), *r));
                     }

@@ -408,19 +408,31 @@ pub fn dump_app(url: &str) -> String {
 impl Waly {
     /// Runs `waly replay` with this waly's configuration into `target`; returns its output.
     pub fn replay_into(&self, target: &str) -> String {
-        run_ok(
-            Command::new(env!("CARGO_BIN_EXE_waly"))
-                .args([
-                    "replay",
-                    "--config",
-                    path_str(&self.dir.path().join("waly.yaml")),
-                    "--target",
-                    target,
-                ])
-                .args(self.access.replay_args(None))
-                .env("WALY_TEST_PW", PG_PASSWORD),
-            "waly replay",
-        )
+        run_ok(&mut self.replay_command(target, None), "waly replay")
+    }
+
+    /// `waly replay` with this waly's configuration into `target`, of `database`'s records (with the
+    /// file log, `None` passes no `--database`).
+    pub fn replay_command(&self, target: &str, database: Option<&str>) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_waly"));
+        command
+            .args([
+                "replay",
+                "--config",
+                path_str(&self.dir.path().join("waly.yaml")),
+                "--target",
+                target,
+            ])
+            .env("WALY_TEST_PW", PG_PASSWORD);
+        match (&self.access, database) {
+            (backend::LogAccess::File { .. }, Some(db)) => {
+                command.args(["--database", db]);
+            }
+            (access, database) => {
+                command.args(access.replay_args(database));
+            }
+        }
+        command
     }
 
     /// How many records the log holds now.
