@@ -963,3 +963,50 @@ async fn one_waly_serving_two_databases_replays_each_on_its_own() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_portal_read_in_pieces_records_its_statement_once() {
+    let s = Served::new("wp_portal");
+    psql(
+        &s.url(),
+        "create table t (id int primary key, v text); insert into t select g, 'v' from generate_series(1, 250) g;",
+    );
+    let mut c = connect(&s.url()).await;
+    let tx = c.transaction().await.unwrap();
+    let update = tx
+        .prepare("update t set v = 'w' where id <= $1 returning id")
+        .await
+        .unwrap();
+    let portal = tx.bind(&update, &[&250i32]).await.unwrap();
+    let mut returned = 0;
+    loop {
+        // Execute with a row limit: each call resumes the same portal.
+        let rows = tx.query_portal(&portal, 100).await.unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        returned += rows.len();
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(returned, 250);
+
+    let records = s.waly.records().await;
+    let record = records
+        .iter()
+        .find(|r| r.statements.iter().any(|st| st.sql.starts_with("update t")))
+        .expect("the update's record");
+    assert_eq!(
+        record
+            .statements
+            .iter()
+            .map(|st| (st.sql.as_str(), st.params.clone()))
+            .collect::<Vec<_>>(),
+        vec![(
+            "update t set v = 'w' where id <= $1 returning id",
+            vec![Some("250".to_string())]
+        )],
+        "one statement, as the client ran it once"
+    );
+    assert_eq!(record.changes.len(), 250);
+    s.assert_replay_equals_live();
+}

@@ -30,6 +30,9 @@ struct Known {
     /// Parameter type OIDs: declared in Parse, completed by Postgres' ParameterDescription. They let
     /// binary bind parameters be recorded in text form.
     types: Arc<[u32]>,
+    /// A portal that ran already: a further Execute resumes it (a cursor read in pieces, Execute with a
+    /// row limit), it does not run its statement again.
+    executed: bool,
 }
 
 /// What a Query or an Execute runs.
@@ -153,6 +156,7 @@ impl ProtocolTracker {
                             sql,
                             params: Vec::new(),
                             types,
+                            executed: false,
                         },
                     );
                 }
@@ -177,19 +181,22 @@ impl ProtocolTracker {
             }
             b'E' => {
                 self.unsynced = true;
-                if let Some(known) = messages::execute_portal(body)
-                    .and_then(|p| self.portals.get(p))
-                    .cloned()
+                if let Some(known) =
+                    messages::execute_portal(body).and_then(|p| self.portals.get_mut(p))
                 {
-                    self.executed(&known.class);
-                    let statement = known.sql.map(|sql| Statement {
-                        sql: sql.to_string(),
-                        params: known.params,
-                    });
-                    return Some(Seen {
-                        class: known.class,
-                        statement,
-                    });
+                    let resumed = std::mem::replace(&mut known.executed, true);
+                    let class = Arc::clone(&known.class);
+                    let statement = match (&known.sql, resumed) {
+                        (Some(sql), false) => Some(Statement {
+                            sql: sql.to_string(),
+                            params: known.params.clone(),
+                        }),
+                        _ => None,
+                    };
+                    if !resumed {
+                        self.executed(&class);
+                    }
+                    return Some(Seen { class, statement });
                 }
             }
             b'C' => {
