@@ -82,6 +82,9 @@ pub struct Classification {
     /// RESET ALL: it would also discard waly's capture buffer (transaction-local settings), so waly lets
     /// it through only where no transaction is under way (see `session::flow`).
     pub resets_all: bool,
+    /// Databases the statements drop or rename (both names): waly checks its schema in them again at
+    /// their next session, as a database created anew under the name does not have it.
+    pub databases_replaced: Vec<String>,
 }
 
 /// Why waly refuses a statement; rendered as an error in Postgres' form by the session.
@@ -193,6 +196,7 @@ pub fn classify(sql: &str) -> Classification {
         class.autocommit_only |= autocommit_only(node);
         class.resets_all |= matches!(node, NodeEnum::VariableSetStmt(v)
             if v.kind() == pg_query::protobuf::VariableSetKind::VarResetAll);
+        class.databases_replaced.extend(replaced_databases(node));
     }
     class
 }
@@ -243,6 +247,19 @@ pub fn without_concurrently(sql: &str) -> Option<String> {
         return None;
     }
     parsed.protobuf.deparse(Default::default()).ok()
+}
+
+/// The databases DROP DATABASE or ALTER DATABASE ... RENAME TO replaces.
+fn replaced_databases(node: &NodeEnum) -> Vec<String> {
+    match node {
+        NodeEnum::DropdbStmt(d) => vec![d.dbname.clone()],
+        NodeEnum::RenameStmt(r)
+            if r.rename_type() == pg_query::protobuf::ObjectType::ObjectDatabase =>
+        {
+            vec![r.subname.clone(), r.newname.clone()]
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Statements Postgres refuses inside a transaction block.
@@ -473,6 +490,16 @@ mod tests {
             assert_eq!(classify(sql).refusal, Some(Refusal::WalySetting), "{sql}");
         }
         assert_eq!(classify("set walyx.y = 1").refusal, None);
+        assert_eq!(
+            classify("drop database if exists \"Shop\"; alter database a rename to b")
+                .databases_replaced,
+            ["Shop", "a", "b"]
+        );
+        assert!(
+            classify("alter database a set work_mem = '8MB'")
+                .databases_replaced
+                .is_empty()
+        );
         assert!(classify("select 1; reset all").resets_all);
         assert!(!classify("reset search_path").resets_all);
         assert_eq!(classify("reset all").refusal, None);

@@ -10,8 +10,9 @@
 //! This module owns those queries and the reading of their answer; it never decides what to do with the
 //! transaction (that is [`super::protocol`]).
 
-use super::backend::Reply;
+use super::backend::{Reply, ServerError};
 use crate::record::CAPTURE_COLUMNS;
+use crate::wire::{PgError, SqlState};
 
 /// The SQLSTATE `waly.assert_preparable()` raises when the transaction must take the long way.
 pub const NOT_PREPARABLE: &str = "WA001";
@@ -42,6 +43,25 @@ pub fn first_round_trip(gid: &str) -> String {
         "{CAPTURE_QUERY}; SAVEPOINT waly_prepare; SELECT waly.assert_preparable(); \
          RELEASE SAVEPOINT waly_prepare; PREPARE TRANSACTION '{gid}'"
     )
+}
+
+/// Whether the first round trip failed because waly's schema is not in the database: the query names
+/// `waly.sequence_positions()`, which Postgres resolves even where it is not called.
+pub fn schema_missing(error: &ServerError) -> bool {
+    error.code() == "3F000" && error.message().contains("\"waly\"")
+}
+
+/// What the client is told when [`schema_missing`].
+pub fn schema_missing_error(database: &str) -> PgError {
+    PgError::error(
+        SqlState("55000"),
+        format!("waly's schema is missing from database \"{database}\""),
+    )
+    .with_detail(
+        "The database was created anew under its name, or the schema \"waly\" was dropped, since waly \
+         installed it: this transaction's changes were not captured, so it was rolled back.",
+    )
+    .with_hint("waly has installed its schema again: retry the transaction.")
 }
 
 /// After [`NOT_PREPARABLE`]: the transaction as it was before the check, captured rows included.

@@ -45,6 +45,10 @@ pub enum Failure {
     /// The operations catalog refused the transaction: an invalid parameter, or a write strict mode
     /// forbids. Rolled back; nothing logged.
     Refused(PgError),
+    /// waly's schema is not in the database (it was dropped, or the database created anew under its
+    /// name since waly installed it): nothing of the transaction was captured. Rolled back; nothing
+    /// logged. The caller installs the schema again.
+    SchemaMissing(PgError),
     /// A prepared transaction's append is in doubt, and reading the log will tell after
     /// `settles_after`: the caller hands `gid` to the [`super::Resolver`], which commits or rolls it back
     /// then.
@@ -95,6 +99,14 @@ pub async fn commit(
         .map_err(|e| Lost::prepared(e, &claim, false))?;
     let mut prepared = two_phase;
     if let Some(error) = &reply.error {
+        if capture::schema_missing(error) {
+            if reply.status != b'I' {
+                rollback(backend).await?;
+            }
+            return Ok(Outcome::Failed(Failure::SchemaMissing(
+                capture::schema_missing_error(&how.session.database),
+            )));
+        }
         if error.code() != capture::NOT_PREPARABLE {
             // A deferred constraint failed (that is the COMMIT's error), or PREPARE did; either ends the
             // transaction.

@@ -57,4 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0008_direct_commit.sql"),
         requires_superuser: false,
     },
+    Migration {
+        version: 9,
+        name: "text_images",
+        sql: include_str!("../../migrations/0009_text_images.sql"),
+        // Disables and enables the event triggers while it replaces the capture functions.
+        requires_superuser: true,
+    },
 ];

@@ -9,6 +9,8 @@
 //! cleanly is rolled back and applied again row by row, which either names the change at fault or
 //! succeeds where only the source's order of changes could.
 
+use std::collections::HashSet;
+
 use tokio_postgres::Client;
 
 use super::rows::{self, Mode};
@@ -160,6 +162,7 @@ async fn changes(
             .flat_map(|(p, r)| r.changes.iter().enumerate().map(move |(i, c)| (*p, i, c)))
             .collect(),
     );
+    let covered = covered_ddl(records);
     let mut positions = Positions::default();
     let mut i = 0;
     while i < all.len() {
@@ -229,11 +232,13 @@ async fn changes(
             }
             Change::Ddl { tag, object, sql } => {
                 positions.set(target).await?;
-                let plain = crate::classify::without_concurrently(sql);
-                target
-                    .batch_execute(plain.as_deref().unwrap_or(sql))
-                    .await
-                    .map_err(|e| refused(at, &e))?;
+                if !covered.contains(&(at.0, at.1)) {
+                    let plain = crate::classify::without_concurrently(sql);
+                    target
+                        .batch_execute(plain.as_deref().unwrap_or(sql))
+                        .await
+                        .map_err(|e| refused(at, &e))?;
+                }
                 tables.clear();
                 if let (true, Some(object)) = (FILLING_DDL.contains(&tag.as_str()), object) {
                     // The target computed its own rows; the record's inserts that follow are the source's.
@@ -254,6 +259,30 @@ async fn changes(
     }
     positions.set(target).await?;
     Ok(())
+}
+
+/// The DDL changes replay does not run, as (position, index): a DDL change names the client statement
+/// it came from, and a statement that created several objects (a DO block, a function, an extension's
+/// script) gives one DDL change per object, all naming it. Running it for the first runs it all; so a
+/// later DDL change naming a statement the record holds at most once is covered by the first. Where the
+/// client ran that statement several times in the transaction, which change came from which run is not
+/// known, and each runs.
+fn covered_ddl(records: &[(Position, Record)]) -> HashSet<(Position, usize)> {
+    let mut covered = HashSet::new();
+    for (position, record) in records {
+        let mut ran: Vec<&str> = Vec::new();
+        for (index, change) in record.changes.iter().enumerate() {
+            let Change::Ddl { sql, .. } = change else {
+                continue;
+            };
+            if !ran.contains(&sql.as_str()) {
+                ran.push(sql);
+            } else if record.statements.iter().filter(|s| s.sql == *sql).count() <= 1 {
+                covered.insert((*position, index));
+            }
+        }
+    }
+    covered
 }
 
 /// The target refused the change at `at`.

@@ -33,6 +33,16 @@ impl Databases {
         *done = true;
         Ok(())
     }
+
+    /// Forgets that `databases` were migrated: the next session of each applies the migrations again
+    /// (which does nothing where the schema is still there). For a database dropped or renamed, so that
+    /// one created anew under its name gets waly's schema.
+    pub async fn forget(&self, databases: &[String]) {
+        let mut ready = self.ready.lock().await;
+        for database in databases {
+            ready.remove(database);
+        }
+    }
 }
 
 async fn apply(config: &Config, database: &str) -> Result<(), PgError> {

@@ -356,6 +356,7 @@ where
                         return Ok(Pumped::Idle);
                     }
                     let seen = self.tracker.on_frontend(tag, &b.from_client[5..len]);
+                    self.note_replaced_databases(seen.as_ref()).await;
                     let message = b.from_client.split_to(len);
                     self.simple_request(message, seen, b).await?;
                 }
@@ -411,6 +412,7 @@ where
                 _ => {
                     // Parse, Bind, Describe, Execute, Close (and Flush while streaming).
                     let seen = self.tracker.on_frontend(tag, &b.from_client[5..len]);
+                    self.note_replaced_databases(seen.as_ref()).await;
                     let message = b.from_client.split_to(len);
                     if self.flow.skip_to_sync {
                         continue;
@@ -1010,6 +1012,47 @@ where
         }
     }
 
+    /// waly's schema went missing from the session's database: install it again, and say so in `error`.
+    async fn reinstall_schema(&mut self, error: PgError) -> PgError {
+        let database = self.write.session.database.clone();
+        let server = std::sync::Arc::clone(&self.write.server);
+        server
+            .databases
+            .forget(std::slice::from_ref(&database))
+            .await;
+        match server
+            .databases
+            .ensure_migrated(&server.config, &database)
+            .await
+        {
+            Ok(()) => {
+                self.span.in_scope(|| tracing::warn!(%database, "waly's schema was missing from the database; installed it again, the transaction was rolled back"));
+                error
+            }
+            Err(e) => {
+                self.span.in_scope(|| tracing::error!(%database, error = %e.message, "waly's schema is missing from the database and cannot be installed"));
+                let why = e.detail.as_deref().unwrap_or(&e.message).to_owned();
+                error.with_hint(format!(
+                    "waly could not install it again ({why}); writes fail until it can."
+                ))
+            }
+        }
+    }
+
+    /// Names the databases a statement drops or renames, so that waly installs its schema in a database
+    /// created anew under one of those names.
+    async fn note_replaced_databases(&self, seen: Option<&Seen>) {
+        if let Some(seen) = seen
+            && !seen.class.databases_replaced.is_empty()
+        {
+            self.write
+                .server
+                .databases
+                .forget(&seen.class.databases_replaced)
+                .await;
+        }
+    }
+
     /// Runs the commit protocol for the open transaction and answers the client: `explicit` when the
     /// client sent COMMIT (it gets `CommandComplete COMMIT`), `last` when its ReadyForQuery is due now,
     /// `held` the completion of the request's last statement, sent only if the commit succeeds.
@@ -1068,6 +1111,10 @@ where
                     Failure::Waly(e) => {
                         self.span
                             .in_scope(|| tracing::warn!(error = %e, "transaction not committed"));
+                        e.encode(&mut b.to_client)
+                    }
+                    Failure::SchemaMissing(e) => {
+                        let e = self.reinstall_schema(e).await;
                         e.encode(&mut b.to_client)
                     }
                     Failure::Refused(e) => {

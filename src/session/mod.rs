@@ -91,6 +91,7 @@ pub async fn serve(
         protocol: ctx.config.commit_protocol,
         resolver: ctx.resolver.clone(),
         matcher: Some(crate::operations::Matcher::new(Arc::clone(&ctx.operations))),
+        server: Arc::clone(&ctx),
     };
     let tracker = ProtocolTracker::new(StatementCache::new(Arc::clone(&ctx.stats)));
     let (backend_r, backend_w) = backend.into_split();

@@ -77,6 +77,8 @@ pub struct WriteContext {
     pub resolver: Resolver,
     /// Recognises domain operations at commit; `None` only while the commit protocol holds it.
     pub matcher: Option<crate::operations::Matcher>,
+    /// The server, for installing waly's schema again where it went missing.
+    pub server: std::sync::Arc<crate::server::ServerContext>,
 }
 
 enum Event {
