@@ -1152,3 +1152,41 @@ async fn a_statement_that_creates_several_objects_runs_once_in_replay() {
     );
     s.assert_replay_equals_live();
 }
+
+#[tokio::test]
+async fn a_procedure_that_commits_is_refused_with_why_and_one_that_does_not_is_logged() {
+    let s = Served::new("wp_procedure");
+    psql(
+        &s.url(),
+        "create table t (id int primary key); \
+         create procedure in_batches() language plpgsql as $$ \
+           begin insert into t values (1); commit; insert into t values (2); end $$; \
+         create procedure plain(n int) language plpgsql as $$ begin insert into t values (n); end $$",
+    );
+    let c = connect(&s.url()).await;
+    let error = c
+        .batch_execute("call in_batches()")
+        .await
+        .expect_err("its COMMIT cannot run inside waly's transaction");
+    let db_error = error.as_db_error().expect("Postgres' error");
+    assert_eq!(db_error.code().code(), "2D000", "{db_error:?}");
+    assert_eq!(db_error.message(), "invalid transaction termination");
+    assert!(
+        db_error
+            .hint()
+            .is_some_and(|h| h.contains("one CALL per batch")),
+        "{db_error:?}"
+    );
+    c.batch_execute("call plain(3)").await.unwrap();
+    let ids: Vec<i32> = c
+        .query("select id from t order by id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![3], "nothing of the refused call committed");
+    let inserted = inserted_ids(&s.waly.records().await, "t");
+    assert_eq!(inserted, vec![3], "only the plain call is logged");
+    s.assert_replay_equals_live();
+}

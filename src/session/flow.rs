@@ -200,6 +200,15 @@ struct End {
     commit: bool,
 }
 
+/// SQLSTATE 2D000: a COMMIT or ROLLBACK where none is allowed, such as in a procedure called inside a
+/// transaction block.
+const INVALID_TRANSACTION_TERMINATION: &str = "2D000";
+
+/// Why a procedure cannot commit through waly, added to Postgres' 2D000 when waly opened the transaction.
+const WRAPPED_TRANSACTION_CONTROL_HINT: &str = "waly runs a write sent outside a transaction block in a \
+     transaction of its own, so that its record is in the log before it commits; a procedure called there \
+     cannot COMMIT or ROLLBACK. Leave transaction control to the caller (one CALL per batch).";
+
 /// Reads must not wait; everything else that depends on the transaction status must.
 fn needs_status(effects: Effects, commits: bool) -> bool {
     commits || (effects.may_write && !effects.autocommit_only && !effects.begins)
@@ -886,7 +895,25 @@ where
                 release_held(Some(&mut *step), b, &mut consumed);
             }
             match tag {
-                b'E' => step.saw_error = true,
+                b'E' => {
+                    step.saw_error = true;
+                    if step.then != Then::Forward
+                        && messages::error_field(
+                            &b.from_backend[consumed + 5..consumed + len],
+                            b'C',
+                        ) == Some(INVALID_TRANSACTION_TERMINATION)
+                    {
+                        // A procedure's COMMIT or ROLLBACK inside the transaction waly opened around
+                        // the CALL: Postgres' error, with why.
+                        forward(&mut b.from_backend, consumed, &mut b.to_client);
+                        consumed = 0;
+                        let error = commit::ServerError {
+                            body: b.from_backend.split_to(len).split_off(5).freeze(),
+                        };
+                        error.encode(&mut b.to_client, Some(WRAPPED_TRANSACTION_CONTROL_HINT));
+                        continue;
+                    }
+                }
                 b'G' | b'W' => self.flow.copy_in = true,
                 _ => {}
             }
