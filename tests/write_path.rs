@@ -1190,3 +1190,71 @@ async fn a_procedure_that_commits_is_refused_with_why_and_one_that_does_not_is_l
     assert_eq!(inserted, vec![3], "only the plain call is logged");
     s.assert_replay_equals_live();
 }
+
+#[tokio::test]
+async fn a_client_in_latin1_gets_its_rows_logged_exactly() {
+    let s = Served::new("wp_latin1");
+    psql(&s.url(), "create table t (id int primary key, v text)");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("latin1.sql");
+    // "été", "à la" and "ü" in ISO 8859-1 bytes.
+    std::fs::write(
+        &script,
+        b"insert into t values (1, '\xe9t\xe9');\n\
+          begin;\ninsert into t values (2, '\xe0 la');\nupdate t set v = v || '\xfc' where id = 1;\ncommit;\n"
+            .as_slice(),
+    )
+    .unwrap();
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &s.url(), "-f"])
+        .arg(&script)
+        .env("PGCLIENTENCODING", "LATIN1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same encoding set by the session itself, after a UTF-8 login.
+    std::fs::write(
+        &script,
+        b"set client_encoding to 'LATIN1';\ninsert into t values (3, '\xe7a');\n".as_slice(),
+    )
+    .unwrap();
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &s.url(), "-f"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let records = s.waly.records().await;
+    let images: Vec<&str> = records
+        .iter()
+        .flat_map(|r| &r.changes)
+        .filter_map(|c| match c {
+            Change::Insert { table, new, .. } | Change::Update { table, new, .. }
+                if table == "t" =>
+            {
+                Some(new.get())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        images,
+        vec![
+            r#"{"id":1,"v":"été"}"#,
+            r#"{"id":2,"v":"à la"}"#,
+            r#"{"id":1,"v":"étéü"}"#,
+            r#"{"id":3,"v":"ça"}"#
+        ],
+        "the images as Postgres stored the rows, in UTF-8"
+    );
+    s.assert_replay_equals_live();
+}

@@ -64,6 +64,11 @@ pub fn schema_missing_error(database: &str) -> PgError {
     .with_hint("waly has installed its schema again: retry the transaction.")
 }
 
+/// Put before the first round trip where the client's encoding is not UTF-8: Postgres would convert the
+/// captured images to it (and an image is JSON, UTF-8 by definition). The setting ends with the
+/// transaction; the client is not told of either change (see `session::own`).
+pub const UTF8_FOR_THE_CAPTURE: &str = "SET LOCAL client_encoding = 'UTF8'; ";
+
 /// After [`NOT_PREPARABLE`]: the transaction as it was before the check, captured rows included.
 pub const UNDO_CHECK: &str = "ROLLBACK TO SAVEPOINT waly_prepare; RELEASE SAVEPOINT waly_prepare";
 
@@ -88,12 +93,13 @@ pub struct Captured {
 }
 
 impl Captured {
-    /// Reads the answer of [`first_round_trip`] (its second statement).
-    pub fn from_reply(reply: Reply) -> Captured {
+    /// Reads the answer of [`first_round_trip`] (its second statement, the third after
+    /// [`UTF8_FOR_THE_CAPTURE`] when `utf8_set`).
+    pub fn from_reply(reply: Reply, utf8_set: bool) -> Captured {
         let mut row = reply
             .results
             .into_iter()
-            .nth(1)
+            .nth(1 + usize::from(utf8_set))
             .and_then(|r| r.rows.into_iter().next())
             .unwrap_or_default()
             .into_iter();

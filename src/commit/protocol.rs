@@ -70,6 +70,9 @@ pub struct Commit<'a> {
     /// This process's gid token (see [`super::gid`]).
     pub boot: &'a str,
     pub protocol: CommitProtocol,
+    /// Whether the session's client_encoding hands text over as UTF-8. If not, the first round trip
+    /// sets it to UTF8 for the rest of the transaction, so the capture arrives as Postgres stored it.
+    pub client_utf8: bool,
 }
 
 /// Commits the transaction open on `backend` through the log. `statements` are the client's write
@@ -88,11 +91,14 @@ pub async fn commit(
     // Claimed before anything can prepare it, so no recovery pass decides it while this runs.
     let claim = InFlight::claim(super::gid(how.boot, &super::next_gid_number()));
     let two_phase = how.protocol == CommitProtocol::TwoPhase;
-    let first = if two_phase {
+    let mut first = if two_phase {
         capture::first_round_trip(claim.gid())
     } else {
         capture::CAPTURE_QUERY.to_owned()
     };
+    if !how.client_utf8 {
+        first.insert_str(0, capture::UTF8_FOR_THE_CAPTURE);
+    }
     let reply = backend
         .query(&first)
         .await
@@ -127,7 +133,7 @@ pub async fn commit(
         }
         prepared = false;
     }
-    let captured = Captured::from_reply(reply);
+    let captured = Captured::from_reply(reply, !how.client_utf8);
     let kind = if !two_phase || (!prepared && captured.prepare_impossible) {
         CommitKind::Direct
     } else {

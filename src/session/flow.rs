@@ -862,7 +862,11 @@ where
                         self.tracker.on_backend(tag, body);
                     }
                     if tag == b'S' {
-                        super::follow_parameter(body, &mut self.write.session.application_name);
+                        super::follow_parameter(
+                            body,
+                            &mut self.write.session.application_name,
+                            &mut self.write.client_utf8,
+                        );
                     }
                     (tag, len, status)
                 }
@@ -1095,6 +1099,7 @@ where
         let info = self.write.session.clone();
         let boot = self.write.boot.clone();
         let protocol = self.write.protocol;
+        let client_utf8 = self.write.client_utf8;
         let mut matcher = self.write.matcher.take().expect("the session's matcher");
         let outcome = {
             let mut own = self.own_queries(b);
@@ -1103,6 +1108,7 @@ where
                 session: &info,
                 boot: &boot,
                 protocol,
+                client_utf8,
             };
             commit::commit(&mut own, &how, statements, &mut matcher).await
         };

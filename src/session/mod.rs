@@ -36,10 +36,42 @@ use tracker::ProtocolTracker;
 /// Follows a `ParameterStatus` from Postgres: the application_name that the session's records carry is
 /// the one Postgres reports (after `SET application_name`, `SET LOCAL` and their undoing), not only the
 /// one given at connection. An empty name is none.
-fn follow_parameter(body: &[u8], application_name: &mut Option<String>) {
-    if let Some(("application_name", value)) = crate::wire::messages::parameter_status(body) {
-        *application_name = (!value.is_empty()).then(|| value.to_owned());
+fn follow_parameter(body: &[u8], application_name: &mut Option<String>, client_utf8: &mut bool) {
+    match crate::wire::messages::parameter_status(body) {
+        Some(("application_name", value)) => {
+            *application_name = (!value.is_empty()).then(|| value.to_owned());
+        }
+        Some(("client_encoding", value)) => *client_utf8 = sends_utf8(value),
+        _ => {}
     }
+}
+
+/// Whether text reaches a client of this `client_encoding` as UTF-8, unconverted (SQL_ASCII passes the
+/// server's bytes, which waly's capture writes as UTF-8 in a UTF8 database).
+fn sends_utf8(client_encoding: &str) -> bool {
+    ["UTF8", "UNICODE", "SQL_ASCII"]
+        .iter()
+        .any(|e| client_encoding.eq_ignore_ascii_case(e))
+}
+
+/// The client_encoding the `ParameterStatus` messages Postgres sent at login report (UTF-8 if none).
+fn startup_client_utf8(messages: &[u8]) -> bool {
+    let mut rest = messages;
+    let mut utf8 = true;
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let Some(message) = rest.get(..1 + len) else {
+            break;
+        };
+        if message[0] == b'S'
+            && let Some(("client_encoding", value)) =
+                crate::wire::messages::parameter_status(&message[5..])
+        {
+            utf8 = sends_utf8(value);
+        }
+        rest = &rest[1 + len..];
+    }
+    utf8
 }
 
 /// A session past its handshake, ready to relay.
@@ -51,6 +83,8 @@ struct Established {
     user: String,
     database: String,
     application_name: Option<String>,
+    /// Whether Postgres sends this client text as UTF-8 (its client_encoding at login).
+    client_utf8: bool,
 }
 
 /// Serves one accepted connection to its end. The session's span is entered for the handshake and for
@@ -78,6 +112,7 @@ pub async fn serve(
         user,
         database,
         application_name,
+        client_utf8,
     } = session;
     let write = relay::WriteContext {
         decisions: ctx.decisions.for_database(&database),
@@ -92,6 +127,7 @@ pub async fn serve(
         resolver: ctx.resolver.clone(),
         matcher: Some(crate::operations::Matcher::new(Arc::clone(&ctx.operations))),
         server: Arc::clone(&ctx),
+        client_utf8,
     };
     let tracker = ProtocolTracker::new(StatementCache::new(Arc::clone(&ctx.stats)));
     let (backend_r, backend_w) = backend.into_split();
@@ -355,7 +391,9 @@ async fn handshake(stream: TcpStream, ctx: &ServerContext) -> Option<Established
     )));
     out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
     client.write_all(&out).await.ok()?;
+    let client_utf8 = startup_client_utf8(&login.startup_messages);
     Some(Established {
+        client_utf8,
         client,
         backend: login.stream,
         cancel_key,

@@ -1,6 +1,7 @@
 //! waly's own queries on a session's backend connection, used by the commit protocol between two client
 //! requests. Replies are consumed here, never shown to the client, except what Postgres sends
-//! unprompted (notices, notifications, parameter changes), which is passed on.
+//! unprompted (notices, notifications, parameter changes), which is passed on; a client_encoding change,
+//! which only the commit protocol's own `SET LOCAL` causes, is not.
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -65,8 +66,15 @@ impl Backend for OwnQueries<'_> {
                     self.inbox.advance(len);
                     return Ok(reply);
                 }
+                // A client_encoding change here is the commit protocol's own SET LOCAL (or its end):
+                // the client's encoding never changed.
+                b'S' if matches!(
+                    messages::parameter_status(body),
+                    Some(("client_encoding", _))
+                ) => {}
                 b'S' => {
-                    super::follow_parameter(body, self.application_name);
+                    let mut unchanged = true;
+                    super::follow_parameter(body, self.application_name, &mut unchanged);
                     self.to_client.extend_from_slice(&self.inbox[..len]);
                 }
                 b'N' | b'A' => self.to_client.extend_from_slice(&self.inbox[..len]),

@@ -79,6 +79,8 @@ pub struct WriteContext {
     pub matcher: Option<crate::operations::Matcher>,
     /// The server, for installing waly's schema again where it went missing.
     pub server: std::sync::Arc<crate::server::ServerContext>,
+    /// Whether Postgres sends the client text as UTF-8 (its client_encoding, as Postgres reports it).
+    pub client_utf8: bool,
 }
 
 enum Event {
