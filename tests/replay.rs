@@ -153,6 +153,7 @@ async fn commit_logged(c: &Client, log: &FileLog) -> Option<Position> {
         decided_through: None,
         committed_at: who.get(3),
         session: SessionInfo {
+            role: None,
             user: who.get(1),
             database: who.get(2),
             application_name: None,

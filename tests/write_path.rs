@@ -1258,3 +1258,44 @@ async fn a_client_in_latin1_gets_its_rows_logged_exactly() {
     );
     s.assert_replay_equals_live();
 }
+
+#[tokio::test]
+async fn a_record_names_the_role_in_effect_when_it_is_not_the_login_user() {
+    let s = Served::new("wp_role");
+    let role = format!("clerk_{}", unique());
+    psql(
+        &s.url(),
+        &format!(
+            "create role {role} nologin; create table t (id int primary key); grant insert on t to {role}"
+        ),
+    );
+    psql(&s.url(), "insert into t values (1)");
+    psql(
+        &s.url(),
+        &format!("set role {role}; insert into t values (2)"),
+    );
+    psql(
+        &s.url(),
+        &format!("begin; set local role {role}; insert into t values (3); commit"),
+    );
+    let records = s.waly.records().await;
+    let role_of = |id: i64| {
+        records
+            .iter()
+            .find(|r| inserted_ids(std::slice::from_ref(*r), "t") == vec![id])
+            .map(|r| r.session.role.clone())
+            .expect("the insert's record")
+    };
+    assert_eq!(role_of(1), None, "the login user acting as itself");
+    assert_eq!(role_of(2), Some(role.clone()));
+    assert_eq!(role_of(3), Some(role.clone()));
+    let shown = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_waly"))
+            .args(["log", "tail", "-n", "50", "--config"])
+            .arg(s.waly.config_path())
+            .args(s.waly.access.replay_args(Some(&s.db)))
+            .env("WALY_TEST_PW", PG_PASSWORD),
+        "waly log tail",
+    );
+    assert!(shown.contains(&format!("as role {role}")), "{shown}");
+}

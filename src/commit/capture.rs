@@ -22,7 +22,7 @@ pub const NOT_PREPARABLE: &str = "WA001";
 /// whether PREPARE TRANSACTION is impossible here (the session used temporary objects, or Postgres has
 /// prepared transactions disabled), and makes the commit wait for Postgres' WAL flush even where the
 /// session turned `synchronous_commit` off: once waly tells the log a transaction committed, a crash of
-/// Postgres must not take it back.
+/// Postgres must not take it back. Last, the role in effect (`current_user`), for the record.
 /// `bench/layers.sh` runs a copy of this query and of [`first_round_trip`]: change them together.
 pub const CAPTURE_QUERY: &str = "SET CONSTRAINTS ALL IMMEDIATE; \
      SELECT pg_current_xact_id_if_assigned()::text, \
@@ -33,7 +33,8 @@ pub const CAPTURE_QUERY: &str = "SET CONSTRAINTS ALL IMMEDIATE; \
                  THEN waly.sequence_positions(current_setting('waly.capture_tables', true)) END, \
             pg_my_temp_schema() <> 0 OR current_setting('max_prepared_transactions') = '0', \
             CASE WHEN current_setting('synchronous_commit') = 'off' \
-                 THEN set_config('synchronous_commit', 'local', true) END";
+                 THEN set_config('synchronous_commit', 'local', true) END, \
+            current_user::text";
 
 /// The first round trip: [`CAPTURE_QUERY`], then `PREPARE TRANSACTION gid` unless the check under the
 /// savepoint raises [`NOT_PREPARABLE`] (then the query stops there, and [`UNDO_CHECK`] puts the
@@ -90,6 +91,8 @@ pub struct Captured {
     pub sequences: Option<String>,
     /// PREPARE TRANSACTION would fail here: the transaction must commit directly.
     pub prepare_impossible: bool,
+    /// `current_user` at commit.
+    pub role: Option<String>,
 }
 
 impl Captured {
@@ -111,6 +114,10 @@ impl Captured {
             spilled: next().as_deref() == Some("on"),
             sequences: next(),
             prepare_impossible: next().as_deref() == Some("t"),
+            role: {
+                let _synchronous_commit = next();
+                next()
+            },
         }
     }
 }

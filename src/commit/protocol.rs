@@ -161,7 +161,10 @@ pub async fn commit(
         writer: how.decisions.writer().to_owned(),
         decided_through: None,
         committed_at: captured.committed_at,
-        session: how.session.clone(),
+        session: SessionInfo {
+            role: captured.role.filter(|role| *role != how.session.user),
+            ..how.session.clone()
+        },
         statements,
         operations,
         changes,

@@ -63,6 +63,10 @@ pub struct Record {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInfo {
     pub user: String,
+    /// The role in effect when the transaction committed (`current_user`), when it is not `user`:
+    /// after `SET ROLE` or `SET SESSION AUTHORIZATION`, as applications with row-level security do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     pub database: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application_name: Option<String>,
@@ -370,6 +374,7 @@ mod tests {
             decided_through: Some(41),
             committed_at: "2026-11-23T10:00:00.123456Z".into(),
             session: SessionInfo {
+                role: None,
                 user: "app".into(),
                 database: "shop".into(),
                 application_name: Some("checkout".into()),

@@ -112,6 +112,7 @@ mod tests {
             decided_through,
             committed_at: String::new(),
             session: SessionInfo {
+                role: None,
                 user: "u".into(),
                 database: "d".into(),
                 application_name: None,

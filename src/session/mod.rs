@@ -117,6 +117,7 @@ pub async fn serve(
     let write = relay::WriteContext {
         decisions: ctx.decisions.for_database(&database),
         session: crate::record::SessionInfo {
+            role: None,
             user: user.clone(),
             database: database.clone(),
             application_name,

@@ -59,6 +59,9 @@ pub fn render_human(entry: &Entry, out: &mut impl Write) -> io::Result<()> {
         clean(&s.user, VALUE_WIDTH),
         clean(&s.database, VALUE_WIDTH)
     )?;
+    if let Some(role) = &s.role {
+        write!(out, "  as role {}", clean(role, VALUE_WIDTH))?;
+    }
     if let Some(app) = &s.application_name {
         write!(out, "  application {}", clean(app, VALUE_WIDTH))?;
     }

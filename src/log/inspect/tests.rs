@@ -26,6 +26,7 @@ fn record(i: u64) -> Record {
         decided_through: None,
         committed_at: "2026-11-23T10:00:00.123456Z".into(),
         session: SessionInfo {
+            role: None,
             user: "app".into(),
             database: "shop".into(),
             application_name: Some("checkout".into()),
