@@ -1299,3 +1299,40 @@ async fn a_record_names_the_role_in_effect_when_it_is_not_the_login_user() {
     );
     assert!(shown.contains(&format!("as role {role}")), "{shown}");
 }
+
+#[tokio::test]
+async fn ddl_with_unqualified_names_replays_in_the_schema_it_ran_in() {
+    let s = Served::new("wp_search_path");
+    psql(&s.url(), "create schema app; create schema \"Tenant A\"");
+    // A search_path from the startup packet, and one set by the session.
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &s.url(), "-c"])
+        .arg(
+            "create table items (id int primary key, v text); \
+             create table parted (id int, at date, primary key (id, at)) partition by range (at); \
+             create table parted_2026 partition of parted for values from ('2026-01-01') to ('2027-01-01'); \
+             insert into items values (1, 'a'); insert into parted values (1, '2026-05-01')",
+        )
+        .env("PGOPTIONS", "-c search_path=app,public")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    psql(
+        &s.url(),
+        "set search_path = \"Tenant A\", public; \
+         begin; create table items (id int primary key); insert into items values (7); commit",
+    );
+    assert_eq!(
+        psql(
+            &s.url(),
+            "select string_agg(table_schema || '.' || table_name, ' ' order by 1) \
+             from information_schema.tables where table_name in ('items', 'parted', 'parted_2026')"
+        ),
+        "app.items app.parted app.parted_2026 Tenant A.items\n"
+    );
+    s.assert_replay_equals_live();
+}

@@ -22,7 +22,8 @@ pub const NOT_PREPARABLE: &str = "WA001";
 /// whether PREPARE TRANSACTION is impossible here (the session used temporary objects, or Postgres has
 /// prepared transactions disabled), and makes the commit wait for Postgres' WAL flush even where the
 /// session turned `synchronous_commit` off: once waly tells the log a transaction committed, a crash of
-/// Postgres must not take it back. Last, the role in effect (`current_user`), for the record.
+/// Postgres must not take it back. Last, the role in effect (`current_user`), for the record, and the
+/// search_path where the capture spilled, for its DDL.
 /// `bench/layers.sh` runs a copy of this query and of [`first_round_trip`]: change them together.
 pub const CAPTURE_QUERY: &str = "SET CONSTRAINTS ALL IMMEDIATE; \
      SELECT pg_current_xact_id_if_assigned()::text, \
@@ -34,7 +35,9 @@ pub const CAPTURE_QUERY: &str = "SET CONSTRAINTS ALL IMMEDIATE; \
             pg_my_temp_schema() <> 0 OR current_setting('max_prepared_transactions') = '0', \
             CASE WHEN current_setting('synchronous_commit') = 'off' \
                  THEN set_config('synchronous_commit', 'local', true) END, \
-            current_user::text";
+            current_user::text, \
+            CASE WHEN current_setting('waly.capture_spilled', true) = 'on' \
+                 THEN current_setting('search_path') END";
 
 /// The first round trip: [`CAPTURE_QUERY`], then `PREPARE TRANSACTION gid` unless the check under the
 /// savepoint raises [`NOT_PREPARABLE`] (then the query stops there, and [`UNDO_CHECK`] puts the
@@ -93,6 +96,8 @@ pub struct Captured {
     pub prepare_impossible: bool,
     /// `current_user` at commit.
     pub role: Option<String>,
+    /// The search_path at commit, read when the capture spilled (always so after DDL).
+    pub search_path: Option<String>,
 }
 
 impl Captured {
@@ -118,6 +123,7 @@ impl Captured {
                 let _synchronous_commit = next();
                 next()
             },
+            search_path: next(),
         }
     }
 }

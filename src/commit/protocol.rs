@@ -140,11 +140,12 @@ pub async fn commit(
         CommitKind::Prepared
     };
     let open = prepared.then_some(&claim);
-    let changes = match read_changes(backend, &captured, open).await? {
+    let mut changes = match read_changes(backend, &captured, open).await? {
         Read::Changes(changes) => changes,
         Read::Nothing => return plain_commit(backend).await,
         Read::Failed(failure) => return Ok(Outcome::Failed(failure)),
     };
+    note_search_path(&mut changes, captured.search_path.as_deref());
     let operations = match matcher.recognize(&statements, &changes) {
         Ok(operations) => operations,
         Err(error) => {
@@ -175,6 +176,21 @@ pub async fn commit(
         direct::finish(backend, how.decisions, record).await
     } else {
         two_phase::finish(backend, how.decisions, record, claim, prepared).await
+    }
+}
+
+/// Postgres' own default search_path, which a DDL change does not repeat.
+const DEFAULT_SEARCH_PATH: &str = "\"$user\", public";
+
+/// Gives the DDL changes the search_path their names were resolved with, unless it is the default.
+fn note_search_path(changes: &mut [Change], search_path: Option<&str>) {
+    let Some(path) = search_path.filter(|p| *p != DEFAULT_SEARCH_PATH) else {
+        return;
+    };
+    for change in changes {
+        if let Change::Ddl { search_path, .. } = change {
+            *search_path = Some(path.to_owned());
+        }
     }
 }
 

@@ -135,6 +135,10 @@ pub enum Change {
         tag: String,
         object: Option<String>,
         sql: String,
+        /// The session's search_path when the transaction committed, where it is not Postgres' default:
+        /// the names in `sql` were resolved with it, and replay runs `sql` with it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        search_path: Option<String>,
     },
     /// Where a sequence owned by a table the transaction inserted into (or truncated) stood when the
     /// transaction ended: replay sets it with `setval(sequence, last_value, is_called)`.
@@ -161,6 +165,8 @@ struct ChangeFields {
     #[serde(default)]
     object: Option<String>,
     sql: Option<String>,
+    #[serde(default)]
+    search_path: Option<String>,
     name: Option<String>,
     last_value: Option<i64>,
     is_called: Option<bool>,
@@ -202,6 +208,7 @@ impl TryFrom<ChangeFields> for Change {
                 tag: need(f.tag, k, "tag")?,
                 object: f.object,
                 sql: need(f.sql, k, "sql")?,
+                search_path: f.search_path,
             },
             "sequence" => Change::Sequence {
                 schema: need(f.schema, k, "schema")?,
@@ -289,13 +296,15 @@ impl PartialEq for Change {
                     tag: g,
                     object: o,
                     sql: q,
+                    search_path: p,
                 },
                 Ddl {
                     tag: g2,
                     object: o2,
                     sql: q2,
+                    search_path: p2,
                 },
-            ) => g == g2 && o == o2 && q == q2,
+            ) => g == g2 && o == o2 && q == q2 && p == p2,
             (
                 Sequence {
                     schema: s,
@@ -390,6 +399,7 @@ mod tests {
                     tag: "CREATE TABLE".into(),
                     object: Some("public.t".into()),
                     sql: "create table t (id int primary key)".into(),
+                    search_path: Some("app, public".into()),
                 },
                 Change::Insert {
                     schema: "public".into(),

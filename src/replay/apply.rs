@@ -230,14 +230,34 @@ async fn changes(
                     .await
                     .map_err(|e| refused(at, &e))?;
             }
-            Change::Ddl { tag, object, sql } => {
+            Change::Ddl {
+                tag,
+                object,
+                sql,
+                search_path,
+            } => {
                 positions.set(target).await?;
                 if !covered.contains(&(at.0, at.1)) {
+                    if let Some(path) = search_path {
+                        target
+                            .execute(
+                                "select pg_catalog.set_config('search_path', $1, true)",
+                                &[path],
+                            )
+                            .await
+                            .map_err(|e| refused(at, &e))?;
+                    }
                     let plain = crate::classify::without_concurrently(sql);
                     target
                         .batch_execute(plain.as_deref().unwrap_or(sql))
                         .await
                         .map_err(|e| refused(at, &e))?;
+                    if search_path.is_some() {
+                        target
+                            .batch_execute("reset search_path")
+                            .await
+                            .map_err(|e| refused(at, &e))?;
+                    }
                 }
                 tables.clear();
                 if let (true, Some(object)) = (FILLING_DDL.contains(&tag.as_str()), object) {

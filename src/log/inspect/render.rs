@@ -246,7 +246,9 @@ fn change_line(change: &Change) -> String {
             "sequence {} last_value={last_value} is_called={is_called}",
             relation(schema, name)
         ),
-        Change::Ddl { tag, object, sql } => {
+        Change::Ddl {
+            tag, object, sql, ..
+        } => {
             let sql = sql.split_whitespace().collect::<Vec<_>>().join(" ");
             let tag = clean(tag, VALUE_WIDTH);
             match object {

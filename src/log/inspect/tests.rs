@@ -65,6 +65,7 @@ fn record(i: u64) -> Record {
                 tag: "CREATE TABLE".into(),
                 object: Some("public.t".into()),
                 sql: "create table t (\n  id int primary key\n)".into(),
+                search_path: None,
             },
         ],
     }
