@@ -154,6 +154,7 @@ async fn commit_logged(c: &Client, log: &FileLog) -> Option<Position> {
         committed_at: who.get(3),
         session: SessionInfo {
             role: None,
+            database_oid: None,
             user: who.get(1),
             database: who.get(2),
             application_name: None,

@@ -1071,6 +1071,46 @@ async fn a_database_created_anew_under_its_name_gets_waly_schema_again() {
     let records = waly.records().await;
     assert!(!logged(&records, 3), "the rolled-back insert is not logged");
     assert!(logged(&records, 4), "the retried insert is logged");
+
+    // The log holds three databases of that name, told apart by their OIDs: replay follows one.
+    let mut waly = waly;
+    waly.terminate();
+    waly.wait_exit(Duration::from_secs(30))
+        .expect("waly stops on SIGTERM");
+    let replay = |args: &[&str]| {
+        let target = postgres().create_db("anew_replayed");
+        let out = waly
+            .replay_command(&postgres().url(&target), Some(&db))
+            .args(args)
+            .output()
+            .unwrap();
+        (target, out)
+    };
+    let next_life = |out: &std::process::Output| -> u64 {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "replay went on into a new database");
+        assert!(stderr.contains("created anew under that name"), "{stderr}");
+        let from = stderr
+            .split("--from ")
+            .nth(1)
+            .expect("the position to start from");
+        from.trim_end().parse().expect("a position")
+    };
+    let (_, out) = replay(&[]);
+    let second = next_life(&out);
+    let (first_target, out) = replay(&["--to", &(second - 1).to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        psql(&postgres().url(&first_target), "select id from t"),
+        "1\n"
+    );
+    let (_, out) = replay(&["--from", &second.to_string()]);
+    let third = next_life(&out);
+    assert!(third > second);
 }
 
 #[tokio::test]

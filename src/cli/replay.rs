@@ -39,6 +39,10 @@ pub struct ReplayArgs {
     /// Stop after this position (inclusive).
     #[arg(long, conflicts_with = "until")]
     to: Option<u64>,
+    /// Start at this position: skip the records before it (those of a database dropped and created
+    /// again under its name). A target's checkpoint past it wins.
+    #[arg(long)]
+    from: Option<u64>,
     /// Apply only records appended before this time (RFC 3339, e.g. 2026-11-23T10:00:00Z).
     #[arg(long)]
     until: Option<String>,
@@ -74,7 +78,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         tokio::spawn(connection);
 
         let end = replay_end(reader.as_ref(), args.to, args.until.as_deref()).await?;
-        let start = replay::load_checkpoint(&target).await?;
+        let checkpoint = replay::load_checkpoint(&target).await?;
+        let start = match args.from {
+            Some(from) => checkpoint.max(Position(from.saturating_sub(1))),
+            None => checkpoint,
+        };
         if start >= end {
             println!("nothing to replay: the target is at position {start}, the log (as limited) ends at {end}");
             return Ok(());

@@ -68,6 +68,9 @@ pub struct SessionInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     pub database: String,
+    /// The database's OID: a database dropped and created again under its name has another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_oid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application_name: Option<String>,
     /// The client's address as waly saw it (`ip:port`).
@@ -384,6 +387,7 @@ mod tests {
             committed_at: "2026-11-23T10:00:00.123456Z".into(),
             session: SessionInfo {
                 role: None,
+                database_oid: None,
                 user: "app".into(),
                 database: "shop".into(),
                 application_name: Some("checkout".into()),

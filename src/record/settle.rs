@@ -113,6 +113,7 @@ mod tests {
             committed_at: String::new(),
             session: SessionInfo {
                 role: None,
+                database_oid: None,
                 user: "u".into(),
                 database: "d".into(),
                 application_name: None,

@@ -128,6 +128,19 @@ pub enum ReplayError {
         first: String,
     },
 
+    /// The database was dropped and created again under its name: the records from `position` on are
+    /// of the new one.
+    #[error(
+        "record {position} is of a database \"{database}\" created anew under that name, the records \
+         before it of the one dropped then; hint: replay the earlier database with --to {earlier}, or the \
+         new one into an empty database with --from {position}"
+    )]
+    DatabaseCreatedAnew {
+        position: Position,
+        database: String,
+        earlier: Position,
+    },
+
     /// The records given are not in increasing position order.
     #[error(
         "record {position} came after record {previous}: records must be replayed in log order"

@@ -10,7 +10,8 @@
 //!
 //! The file log holds the records of every database waly serves: a source yields one database's
 //! records ([`Source::only`]), and without that it refuses a log that turns out to hold several, rather
-//! than mix them into one target.
+//! than mix them into one target. Likewise it refuses to go on into the records of a database created
+//! anew under the name of the one it replays (records carry the database's OID).
 
 use crate::log::{LogReader, Position};
 use crate::record::{LogRecord, Record, Settled, Settler};
@@ -40,6 +41,9 @@ pub struct Source<'a> {
     seen_database: Option<String>,
     /// Committed records skipped because they are of another database.
     pub other_databases: u64,
+    /// The OID of the database whose records were yielded (records of waly before it noted OIDs have
+    /// none): a record with another is of a database created anew under the name.
+    seen_oid: Option<u32>,
 }
 
 impl<'a> Source<'a> {
@@ -55,6 +59,7 @@ impl<'a> Source<'a> {
             database: None,
             seen_database: None,
             other_databases: 0,
+            seen_oid: None,
         }
     }
 
@@ -72,18 +77,31 @@ impl<'a> Source<'a> {
                 self.other_databases += 1;
                 return Ok(false);
             }
-            return Ok(true);
-        }
-        match &self.seen_database {
-            None => self.seen_database = Some(database.clone()),
-            Some(first) if first != database => {
-                return Err(ReplayError::SeveralDatabases {
-                    position: Position(position),
-                    database: database.clone(),
-                    first: first.clone(),
-                });
+        } else {
+            match &self.seen_database {
+                None => self.seen_database = Some(database.clone()),
+                Some(first) if first != database => {
+                    return Err(ReplayError::SeveralDatabases {
+                        position: Position(position),
+                        database: database.clone(),
+                        first: first.clone(),
+                    });
+                }
+                Some(_) => {}
             }
-            Some(_) => {}
+        }
+        if let Some(oid) = record.session.database_oid {
+            match self.seen_oid {
+                None => self.seen_oid = Some(oid),
+                Some(first) if first != oid => {
+                    return Err(ReplayError::DatabaseCreatedAnew {
+                        position: Position(position),
+                        database: database.clone(),
+                        earlier: Position(position - 1),
+                    });
+                }
+                Some(_) => {}
+            }
         }
         Ok(true)
     }

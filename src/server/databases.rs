@@ -11,27 +11,29 @@ use crate::config::Config;
 use crate::migrate::{self, MigrateError};
 use crate::wire::{PgError, SqlState};
 
-/// Databases whose migrations are known to be applied by this process.
+/// Databases whose migrations are known to be applied by this process, with their OIDs.
 #[derive(Default)]
 pub struct Databases {
-    ready: Mutex<HashMap<String, Arc<Mutex<bool>>>>,
+    ready: Mutex<HashMap<String, Arc<Mutex<Option<u32>>>>>,
 }
 
 impl Databases {
-    /// Applies waly's migrations to `database` unless this process already did. Concurrent first sessions
-    /// of one database wait for one run; a failed run is retried by the next session.
-    pub async fn ensure_migrated(&self, config: &Config, database: &str) -> Result<(), PgError> {
+    /// Applies waly's migrations to `database` unless this process already did, and returns the
+    /// database's OID, which tells apart two databases created one after the other under one name.
+    /// Concurrent first sessions of one database wait for one run; a failed run is retried by the next
+    /// session.
+    pub async fn ensure_migrated(&self, config: &Config, database: &str) -> Result<u32, PgError> {
         let slot = {
             let mut ready = self.ready.lock().await;
             Arc::clone(ready.entry(database.to_owned()).or_default())
         };
         let mut done = slot.lock().await;
-        if *done {
-            return Ok(());
+        if let Some(oid) = *done {
+            return Ok(oid);
         }
-        apply(config, database).await?;
-        *done = true;
-        Ok(())
+        let oid = apply(config, database).await?;
+        *done = Some(oid);
+        Ok(oid)
     }
 
     /// Forgets that `databases` were migrated: the next session of each applies the migrations again
@@ -45,7 +47,7 @@ impl Databases {
     }
 }
 
-async fn apply(config: &Config, database: &str) -> Result<(), PgError> {
+async fn apply(config: &Config, database: &str) -> Result<u32, PgError> {
     let unavailable = |detail: String| {
         PgError::fatal(
             SqlState::CANNOT_CONNECT_NOW,
@@ -67,6 +69,13 @@ async fn apply(config: &Config, database: &str) -> Result<(), PgError> {
         })?;
     let driver = tokio::spawn(connection);
     let result = migrate::migrate(&client).await;
+    let oid = client
+        .query_one(
+            "select oid from pg_catalog.pg_database where datname = current_database()",
+            &[],
+        )
+        .await
+        .map(|row| row.get::<_, u32>(0));
     drop(client);
     let _ = driver.await;
     match result {
@@ -74,7 +83,7 @@ async fn apply(config: &Config, database: &str) -> Result<(), PgError> {
             if !report.applied.is_empty() {
                 tracing::info!(%database, applied = ?report.applied, "waly's schema installed");
             }
-            Ok(())
+            oid.map_err(|e| unavailable(format!("reading the database's oid: {e}")))
         }
         Err(e @ MigrateError::NotSuperuser { .. }) => {
             Err(unavailable(e.to_string()).with_hint("Set admin_user to a superuser role."))

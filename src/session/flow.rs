@@ -1056,7 +1056,9 @@ where
             .ensure_migrated(&server.config, &database)
             .await
         {
-            Ok(()) => {
+            Ok(oid) => {
+                // The session was let in on the word of a database of this name that is gone.
+                self.write.session.database_oid = Some(oid);
                 self.span.in_scope(|| tracing::warn!(%database, "waly's schema was missing from the database; installed it again, the transaction was rolled back"));
                 error
             }

@@ -85,6 +85,7 @@ struct Established {
     application_name: Option<String>,
     /// Whether Postgres sends this client text as UTF-8 (its client_encoding at login).
     client_utf8: bool,
+    database_oid: u32,
 }
 
 /// Serves one accepted connection to its end. The session's span is entered for the handshake and for
@@ -113,11 +114,13 @@ pub async fn serve(
         database,
         application_name,
         client_utf8,
+        database_oid,
     } = session;
     let write = relay::WriteContext {
         decisions: ctx.decisions.for_database(&database),
         session: crate::record::SessionInfo {
             role: None,
+            database_oid: Some(database_oid),
             user: user.clone(),
             database: database.clone(),
             application_name,
@@ -371,11 +374,14 @@ async fn handshake(stream: TcpStream, ctx: &ServerContext) -> Option<Established
 
     // Every database waly serves carries its capture schema before the first statement is relayed
     // (checked after Postgres accepted the login, so its own refusals come first).
-    if let Err(e) = ctx.databases.ensure_migrated(&ctx.config, &database).await {
-        tracing::warn!(%database, error = %e, "cannot serve the database without waly's schema");
-        refuse(&mut client, e).await;
-        return None;
-    }
+    let database_oid = match ctx.databases.ensure_migrated(&ctx.config, &database).await {
+        Ok(oid) => oid,
+        Err(e) => {
+            tracing::warn!(%database, error = %e, "cannot serve the database without waly's schema");
+            refuse(&mut client, e).await;
+            return None;
+        }
+    };
 
     let cancel_target = CancelTarget {
         address: ctx.config.upstream.address(),
@@ -395,6 +401,7 @@ async fn handshake(stream: TcpStream, ctx: &ServerContext) -> Option<Established
     let client_utf8 = startup_client_utf8(&login.startup_messages);
     Some(Established {
         client_utf8,
+        database_oid,
         client,
         backend: login.stream,
         cancel_key,

@@ -27,6 +27,7 @@ fn record(i: u64) -> Record {
         committed_at: "2026-11-23T10:00:00.123456Z".into(),
         session: SessionInfo {
             role: None,
+            database_oid: None,
             user: "app".into(),
             database: "shop".into(),
             application_name: Some("checkout".into()),
