@@ -61,6 +61,16 @@ impl Served {
     }
 }
 
+/// The first column of `sql`'s rows, as integers.
+async fn ints(c: &Client, sql: &str) -> Vec<i32> {
+    c.query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 fn psql_script(url: &str, script: &str) -> String {
     let out = Command::new("psql")
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=0", "-d", url, "-c", script])
@@ -270,13 +280,7 @@ async fn a_deferred_constraint_fails_at_commit_with_its_own_error() {
     c.batch_execute("insert into c values (2, 1)")
         .await
         .unwrap();
-    let ids: Vec<i32> = c
-        .query("select id from c", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = ints(&c, "select id from c").await;
     assert_eq!(ids, vec![2]);
     assert_eq!(s.waly.log_end().await, before + 1);
     s.assert_replay_equals_live();
@@ -1060,13 +1064,7 @@ async fn a_database_created_anew_under_its_name_gets_waly_schema_again() {
         "{db_error:?}"
     );
     c.execute("insert into t values (4)", &[]).await.unwrap();
-    let rows: Vec<i32> = c
-        .query("select id from t order by id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let rows = ints(&c, "select id from t order by id").await;
     assert_eq!(rows, vec![4], "the failed insert was rolled back");
     let records = waly.records().await;
     assert!(!logged(&records, 3), "the rolled-back insert is not logged");
@@ -1218,13 +1216,7 @@ async fn a_procedure_that_commits_is_refused_with_why_and_one_that_does_not_is_l
         "{db_error:?}"
     );
     c.batch_execute("call plain(3)").await.unwrap();
-    let ids: Vec<i32> = c
-        .query("select id from t order by id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = ints(&c, "select id from t order by id").await;
     assert_eq!(ids, vec![3], "nothing of the refused call committed");
     let inserted = inserted_ids(&s.waly.records().await, "t");
     assert_eq!(inserted, vec![3], "only the plain call is logged");
