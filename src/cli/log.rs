@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use waly::config::LogBackend;
 use waly::log::inspect::{self, Format, InspectError};
 use waly::log::{Position, open_reader};
 
@@ -15,8 +16,9 @@ use super::ConfigArgs;
 pub struct LogArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// The database whose records to read: required with the Kafka backend (one topic per database);
-    /// the file log holds every database's records, each naming its database, and shows them all.
+    /// The database whose records to read: required with the Kafka backend (one topic per database).
+    /// The file log holds every database's records: `tail` then shows only this one's transaction
+    /// records (no outcome records), and all of them without it.
     #[arg(long, short = 'd', global = true)]
     database: Option<String>,
     #[command(subcommand)]
@@ -70,6 +72,10 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
                     Duration::from_millis(250),
                     &mut out,
                     format(json),
+                    // A Kafka topic holds one database's records (and its outcome records) already.
+                    args.database
+                        .as_deref()
+                        .filter(|_| matches!(config.log, LogBackend::File)),
                 );
                 tokio::select! {
                     r = tail => r,

@@ -80,6 +80,10 @@ pub fn render(entry: &Entry, format: Format, out: &mut impl Write) -> io::Result
 /// Entries up to the reader's [`end`](LogReader::end) are shown, which may run one group commit ahead
 /// of what the writer acknowledged; should the writer cut such a batch off again, the positions are
 /// printed again when they are filled.
+///
+/// With `database`, only transaction records of that database are shown (and counted), no outcome
+/// records: the file log holds every database's records.
+#[allow(clippy::too_many_arguments)]
 pub async fn tail(
     log: &dyn LogReader,
     from: Option<Position>,
@@ -88,13 +92,22 @@ pub async fn tail(
     poll: Duration,
     out: &mut (impl Write + Send),
     format: Format,
+    database: Option<&str>,
 ) -> Result<(), InspectError> {
     let end_at_start = log.end().await?.0;
+    let keep = |entry: &Entry| match database {
+        None => true,
+        Some(db) => matches!(LogRecord::from_json(&entry.payload),
+            Ok(LogRecord::Transaction(r)) if r.session.database == db),
+    };
     let (mut next, mut remaining) = match from {
         Some(from) => (from.0.max(1), last_n),
         None => {
-            let n = last_n.unwrap_or(DEFAULT_TAIL) as u64;
-            (end_at_start.saturating_sub(n) + 1, None)
+            let n = last_n.unwrap_or(DEFAULT_TAIL);
+            match database {
+                None => (end_at_start.saturating_sub(n as u64) + 1, None),
+                Some(_) => (start_of_last(log, end_at_start, n, &keep).await?, None),
+            }
         }
     };
     let stop_after = (!follow).then_some(end_at_start);
@@ -122,7 +135,8 @@ pub async fn tail(
             tokio::time::sleep(poll).await;
             continue;
         };
-        for entry in &entries {
+        let shown = entries.iter().filter(|e| keep(e)).count();
+        for entry in entries.iter().filter(|e| keep(e)) {
             if printed_any && format == Format::Human {
                 out.write_all(b"\n")?;
             }
@@ -133,9 +147,44 @@ pub async fn tail(
         out.flush()?;
         next = last + 1;
         if let Some(r) = remaining.as_mut() {
-            *r -= entries.len();
+            *r -= shown.min(*r);
         }
     }
+}
+
+/// The position from which the last `n` entries that `keep` accepts (at or below `end`) begin: read
+/// backwards from the end, a batch at a time. 1 when fewer than `n` are in the log.
+async fn start_of_last(
+    log: &dyn LogReader,
+    end: u64,
+    n: usize,
+    keep: &impl Fn(&Entry) -> bool,
+) -> Result<u64, InspectError> {
+    let mut found = 0;
+    let mut high = end;
+    while high >= 1 && n > 0 {
+        let low = high.saturating_sub(READ_BATCH as u64 - 1).max(1);
+        let mut entries = Vec::new();
+        let mut at = low;
+        while at <= high {
+            let read = log.read(Position(at), (high - at + 1) as usize).await?;
+            let Some(last) = read.last().map(|e| e.position.0) else {
+                break;
+            };
+            entries.extend(read);
+            at = last + 1;
+        }
+        for entry in entries.iter().rev().filter(|e| e.position.0 <= high) {
+            if keep(entry) {
+                found += 1;
+                if found == n {
+                    return Ok(entry.position.0);
+                }
+            }
+        }
+        high = low - 1;
+    }
+    Ok(if n == 0 { end + 1 } else { 1 })
 }
 
 /// How a transaction record's commit ended, as far as the log tells.

@@ -251,6 +251,43 @@ async fn log_inspect_json_is_one_line_with_the_record_as_is() {
 }
 
 #[tokio::test]
+async fn log_inspect_tail_of_one_database_skips_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = FileLog::open(dir.path(), FileLogConfig::default()).unwrap();
+    // Positions 1..=12; every third record is of database "crm".
+    for i in 1..=12 {
+        let mut r = record(i);
+        if i % 3 == 0 {
+            r.session.database = "crm".into();
+        }
+        log.append(Bytes::from(r.to_json())).await.unwrap();
+    }
+    let reader = FileLog::open_read_only(dir.path()).unwrap();
+    let run = |from: Option<u64>, n: Option<usize>| {
+        let reader = reader.clone();
+        async move {
+            let mut out = Vec::new();
+            tail(
+                &reader,
+                from.map(Position),
+                n,
+                false,
+                Duration::from_millis(10),
+                &mut out,
+                Format::Json,
+                Some("crm"),
+            )
+            .await
+            .unwrap();
+            printed_positions(&out)
+        }
+    };
+    assert_eq!(run(None, Some(2)).await, vec![9, 12]);
+    assert_eq!(run(None, None).await, vec![3, 6, 9, 12]);
+    assert_eq!(run(Some(4), Some(1)).await, vec![6]);
+}
+
+#[tokio::test]
 async fn log_inspect_tail_prints_the_last_n_or_from_a_position() {
     let (_dir, _log, reader) = log_with(15).await;
     let run = |from: Option<u64>, n: Option<usize>| {
@@ -265,6 +302,7 @@ async fn log_inspect_tail_prints_the_last_n_or_from_a_position() {
                 Duration::from_millis(10),
                 &mut out,
                 Format::Json,
+                None,
             )
             .await
             .unwrap();
@@ -290,6 +328,7 @@ async fn log_inspect_tail_prints_the_last_n_or_from_a_position() {
         Duration::ZERO,
         &mut out,
         Format::Human,
+        None,
     )
     .await
     .unwrap();
@@ -343,6 +382,7 @@ async fn log_inspect_tail_follow_prints_entries_appended_after_it_started() {
         Duration::from_millis(10),
         &mut out,
         Format::Json,
+        None,
     );
     let appending = async {
         shared.wait_for(2).await;
@@ -370,6 +410,7 @@ async fn log_inspect_tail_follow_prints_entries_appended_after_it_started() {
         Duration::from_millis(10),
         &mut out,
         Format::Json,
+        None,
     );
     let appending = async {
         tokio::time::sleep(Duration::from_millis(50)).await;
