@@ -79,6 +79,21 @@ fn psql_script(url: &str, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
+/// psql with `args` after the connection, `env` set, stopping at the first error; panics if it fails.
+fn psql_with(url: &str, args: &[&str], env: &[(&str, &str)]) {
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url])
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn inserts_into(records: &[waly::record::Record], table: &str) -> usize {
     records
         .iter()
@@ -1237,16 +1252,10 @@ async fn a_client_in_latin1_gets_its_rows_logged_exactly() {
             .as_slice(),
     )
     .unwrap();
-    let out = Command::new("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &s.url(), "-f"])
-        .arg(&script)
-        .env("PGCLIENTENCODING", "LATIN1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    psql_with(
+        &s.url(),
+        &["-f", path_str(&script)],
+        &[("PGCLIENTENCODING", "LATIN1")],
     );
     // The same encoding set by the session itself, after a UTF-8 login.
     std::fs::write(
@@ -1254,16 +1263,7 @@ async fn a_client_in_latin1_gets_its_rows_logged_exactly() {
         b"set client_encoding to 'LATIN1';\ninsert into t values (3, '\xe7a');\n".as_slice(),
     )
     .unwrap();
-    let out = Command::new("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &s.url(), "-f"])
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    psql_with(&s.url(), &["-f", path_str(&script)], &[]);
 
     let records = s.waly.records().await;
     let images: Vec<&str> = records
@@ -1337,21 +1337,16 @@ async fn ddl_with_unqualified_names_replays_in_the_schema_it_ran_in() {
     let s = Served::new("wp_search_path");
     psql(&s.url(), "create schema app; create schema \"Tenant A\"");
     // A search_path from the startup packet, and one set by the session.
-    let out = Command::new("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &s.url(), "-c"])
-        .arg(
+    psql_with(
+        &s.url(),
+        &[
+            "-c",
             "create table items (id int primary key, v text); \
              create table parted (id int, at date, primary key (id, at)) partition by range (at); \
              create table parted_2026 partition of parted for values from ('2026-01-01') to ('2027-01-01'); \
              insert into items values (1, 'a'); insert into parted values (1, '2026-05-01')",
-        )
-        .env("PGOPTIONS", "-c search_path=app,public")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &[("PGOPTIONS", "-c search_path=app,public")],
     );
     psql(
         &s.url(),

@@ -19,6 +19,8 @@ pub struct BackendLogin {
     /// `ParameterStatus` and `NoticeResponse` messages Postgres sent during startup, as raw bytes in order,
     /// for the client.
     pub startup_messages: BytesMut,
+    /// The client_encoding among those parameters.
+    pub client_encoding: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -106,6 +108,7 @@ pub async fn login(
     let mut scram: Option<ScramSha256> = None;
     let mut key = None;
     let mut startup_messages = BytesMut::new();
+    let mut client_encoding = None;
     loop {
         let (tag, mut body) = read_message(&mut stream, Origin::Backend).await?;
         match tag {
@@ -168,7 +171,14 @@ pub async fn login(
                 stream.write_all(&reply).await?;
             }
             b'E' => return Err(LoginError::Refused(reframe(tag, &body))),
-            b'S' | b'N' => startup_messages.extend_from_slice(&reframe(tag, &body)),
+            b'S' | b'N' => {
+                if let (b'S', Some(("client_encoding", value))) =
+                    (tag, crate::wire::messages::parameter_status(&body))
+                {
+                    client_encoding = Some(value.to_owned());
+                }
+                startup_messages.extend_from_slice(&reframe(tag, &body));
+            }
             b'K' => {
                 if body.len() < 8 {
                     return Err(LoginError::Protocol("short BackendKeyData".into()));
@@ -185,6 +195,7 @@ pub async fn login(
                     pid,
                     secret,
                     startup_messages,
+                    client_encoding,
                 });
             }
             other => {

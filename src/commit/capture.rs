@@ -112,18 +112,19 @@ impl Captured {
             .unwrap_or_default()
             .into_iter();
         let mut next = || row.next().flatten();
+        let (txid, committed_at, buffer, spilled, sequences, prepare_impossible) =
+            (next(), next(), next(), next(), next(), next());
+        let _synchronous_commit_raised = next();
+        let (role, search_path) = (next(), next());
         Captured {
-            txid: next(),
-            committed_at: next().unwrap_or_default(),
-            buffer: next().unwrap_or_default(),
-            spilled: next().as_deref() == Some("on"),
-            sequences: next(),
-            prepare_impossible: next().as_deref() == Some("t"),
-            role: {
-                let _synchronous_commit = next();
-                next()
-            },
-            search_path: next(),
+            txid,
+            committed_at: committed_at.unwrap_or_default(),
+            buffer: buffer.unwrap_or_default(),
+            spilled: spilled.as_deref() == Some("on"),
+            sequences,
+            prepare_impossible: prepare_impossible.as_deref() == Some("t"),
+            role,
+            search_path,
         }
     }
 }

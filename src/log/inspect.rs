@@ -135,8 +135,8 @@ pub async fn tail(
             tokio::time::sleep(poll).await;
             continue;
         };
-        let shown = entries.iter().filter(|e| keep(e)).count();
-        for entry in entries.iter().filter(|e| keep(e)) {
+        let shown: Vec<&Entry> = entries.iter().filter(|e| keep(e)).collect();
+        for entry in &shown {
             if printed_any && format == Format::Human {
                 out.write_all(b"\n")?;
             }
@@ -147,7 +147,7 @@ pub async fn tail(
         out.flush()?;
         next = last + 1;
         if let Some(r) = remaining.as_mut() {
-            *r -= shown.min(*r);
+            *r -= shown.len().min(*r);
         }
     }
 }

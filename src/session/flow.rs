@@ -865,7 +865,7 @@ where
                         super::follow_parameter(
                             body,
                             &mut self.write.session.application_name,
-                            &mut self.write.client_utf8,
+                            Some(&mut self.write.client_utf8),
                         );
                     }
                     (tag, len, status)

@@ -36,12 +36,17 @@ use tracker::ProtocolTracker;
 /// Follows a `ParameterStatus` from Postgres: the application_name that the session's records carry is
 /// the one Postgres reports (after `SET application_name`, `SET LOCAL` and their undoing), not only the
 /// one given at connection. An empty name is none.
-fn follow_parameter(body: &[u8], application_name: &mut Option<String>, client_utf8: &mut bool) {
-    match crate::wire::messages::parameter_status(body) {
-        Some(("application_name", value)) => {
+/// With `client_utf8`, it also follows whether client_encoding hands text over as UTF-8.
+fn follow_parameter(
+    body: &[u8],
+    application_name: &mut Option<String>,
+    client_utf8: Option<&mut bool>,
+) {
+    match (crate::wire::messages::parameter_status(body), client_utf8) {
+        (Some(("application_name", value)), _) => {
             *application_name = (!value.is_empty()).then(|| value.to_owned());
         }
-        Some(("client_encoding", value)) => *client_utf8 = sends_utf8(value),
+        (Some(("client_encoding", value)), Some(utf8)) => *utf8 = sends_utf8(value),
         _ => {}
     }
 }
@@ -52,26 +57,6 @@ fn sends_utf8(client_encoding: &str) -> bool {
     ["UTF8", "UNICODE", "SQL_ASCII"]
         .iter()
         .any(|e| client_encoding.eq_ignore_ascii_case(e))
-}
-
-/// The client_encoding the `ParameterStatus` messages Postgres sent at login report (UTF-8 if none).
-fn startup_client_utf8(messages: &[u8]) -> bool {
-    let mut rest = messages;
-    let mut utf8 = true;
-    while rest.len() >= 5 {
-        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-        let Some(message) = rest.get(..1 + len) else {
-            break;
-        };
-        if message[0] == b'S'
-            && let Some(("client_encoding", value)) =
-                crate::wire::messages::parameter_status(&message[5..])
-        {
-            utf8 = sends_utf8(value);
-        }
-        rest = &rest[1 + len..];
-    }
-    utf8
 }
 
 /// A session past its handshake, ready to relay.
@@ -398,7 +383,7 @@ async fn handshake(stream: TcpStream, ctx: &ServerContext) -> Option<Established
     )));
     out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
     client.write_all(&out).await.ok()?;
-    let client_utf8 = startup_client_utf8(&login.startup_messages);
+    let client_utf8 = login.client_encoding.as_deref().is_none_or(sends_utf8);
     Some(Established {
         client_utf8,
         database_oid,

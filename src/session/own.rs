@@ -73,8 +73,7 @@ impl Backend for OwnQueries<'_> {
                     Some(("client_encoding", _))
                 ) => {}
                 b'S' => {
-                    let mut unchanged = true;
-                    super::follow_parameter(body, self.application_name, &mut unchanged);
+                    super::follow_parameter(body, self.application_name, None);
                     self.to_client.extend_from_slice(&self.inbox[..len]);
                 }
                 b'N' | b'A' => self.to_client.extend_from_slice(&self.inbox[..len]),

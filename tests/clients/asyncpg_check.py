@@ -15,35 +15,15 @@ import asyncio
 import datetime as dt
 import io
 import json
-import os
-import secrets
 import sys
 import uuid
 from decimal import Decimal
 
 import asyncpg
 
-URL = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("DATABASE_URL", "")
-if not URL:
-    sys.exit("usage: asyncpg_check.py URL  (or set DATABASE_URL)")
+from check_common import CHECKS, SCHEMA, URL, check, eq, table
 
-SCHEMA = "waly_check_" + secrets.token_hex(4)
-CHECKS = []
 TIMEOUT = 30  # seconds per check: a hang fails the check instead of the test run
-
-
-def check(fn):
-    """Register a check; it fails by raising (usually AssertionError)."""
-    CHECKS.append(fn)
-    return fn
-
-
-def eq(got, want, what=""):
-    assert got == want, f"{what}: got {got!r}, want {want!r}"
-
-
-def table(name):
-    return f"{SCHEMA}.{name}"
 
 
 @check

@@ -8,8 +8,6 @@ Prints one line per check, then "N passed, M failed"; exits 1 on any failure.
 """
 
 import datetime as dt
-import os
-import secrets
 import signal
 import sys
 import uuid
@@ -20,30 +18,11 @@ from psycopg import errors
 from psycopg.pq import Format, TransactionStatus
 from psycopg.types.json import Jsonb
 
-URL = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("DATABASE_URL", "")
-if not URL:
-    sys.exit("usage: psycopg_check.py URL  (or set DATABASE_URL)")
-
-SCHEMA = "waly_check_" + secrets.token_hex(4)
-CHECKS = []
-
-
-def check(fn):
-    """Register a check; it fails by raising (usually AssertionError)."""
-    CHECKS.append(fn)
-    return fn
+from check_common import CHECKS, SCHEMA, URL, check, eq, table
 
 
 def connect(**kw):
     return psycopg.connect(URL, autocommit=True, connect_timeout=10, **kw)
-
-
-def eq(got, want, what=""):
-    assert got == want, f"{what}: got {got!r}, want {want!r}"
-
-
-def table(name):
-    return f"{SCHEMA}.{name}"
 
 
 @check

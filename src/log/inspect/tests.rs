@@ -250,6 +250,29 @@ async fn log_inspect_json_is_one_line_with_the_record_as_is() {
     );
 }
 
+/// The positions `tail` prints without following, as JSON lines.
+async fn tail_positions(
+    reader: &FileLogReader,
+    from: Option<u64>,
+    n: Option<usize>,
+    database: Option<&str>,
+) -> Vec<u64> {
+    let mut out = Vec::new();
+    tail(
+        reader,
+        from.map(Position),
+        n,
+        false,
+        Duration::from_millis(10),
+        &mut out,
+        Format::Json,
+        database,
+    )
+    .await
+    .unwrap();
+    printed_positions(&out)
+}
+
 #[tokio::test]
 async fn log_inspect_tail_of_one_database_skips_the_others() {
     let dir = tempfile::tempdir().unwrap();
@@ -263,25 +286,7 @@ async fn log_inspect_tail_of_one_database_skips_the_others() {
         log.append(Bytes::from(r.to_json())).await.unwrap();
     }
     let reader = FileLog::open_read_only(dir.path()).unwrap();
-    let run = |from: Option<u64>, n: Option<usize>| {
-        let reader = reader.clone();
-        async move {
-            let mut out = Vec::new();
-            tail(
-                &reader,
-                from.map(Position),
-                n,
-                false,
-                Duration::from_millis(10),
-                &mut out,
-                Format::Json,
-                Some("crm"),
-            )
-            .await
-            .unwrap();
-            printed_positions(&out)
-        }
-    };
+    let run = |from, n| tail_positions(&reader, from, n, Some("crm"));
     assert_eq!(run(None, Some(2)).await, vec![9, 12]);
     assert_eq!(run(None, None).await, vec![3, 6, 9, 12]);
     assert_eq!(run(Some(4), Some(1)).await, vec![6]);
@@ -290,25 +295,7 @@ async fn log_inspect_tail_of_one_database_skips_the_others() {
 #[tokio::test]
 async fn log_inspect_tail_prints_the_last_n_or_from_a_position() {
     let (_dir, _log, reader) = log_with(15).await;
-    let run = |from: Option<u64>, n: Option<usize>| {
-        let reader = reader.clone();
-        async move {
-            let mut out = Vec::new();
-            tail(
-                &reader,
-                from.map(Position),
-                n,
-                false,
-                Duration::from_millis(10),
-                &mut out,
-                Format::Json,
-                None,
-            )
-            .await
-            .unwrap();
-            printed_positions(&out)
-        }
-    };
+    let run = |from, n| tail_positions(&reader, from, n, None);
     assert_eq!(run(None, Some(2)).await, vec![14, 15]);
     assert_eq!(run(None, None).await, (6..=15).collect::<Vec<_>>());
     assert_eq!(run(None, Some(100)).await, (1..=15).collect::<Vec<_>>());
