@@ -1,5 +1,5 @@
 //! waly's own behaviour around sessions: configuration errors, TLS, authentication methods, protocol
-//! negotiation, statement counting and graceful shutdown.
+//! negotiation, statement counting, graceful shutdown and the ways of reaching Postgres.
 
 mod support;
 
@@ -493,4 +493,78 @@ async fn waly_log_show_tells_whether_a_direct_commit_committed() {
     );
     let last = show(&["4"]);
     assert!(last.contains("outcome: undecided"), "{last}");
+}
+
+#[tokio::test]
+async fn postgres_is_reached_through_its_unix_domain_socket_when_the_upstream_names_a_directory() {
+    let pg = postgres();
+    let socket_dir = pg.socket_dir();
+    assert!(
+        socket_dir.join(format!(".s.PGSQL.{}", pg.port)).exists(),
+        "the test cluster has no Unix socket in {} (scripts/pg.sh leaves it out when the path is over 107 bytes)",
+        socket_dir.display()
+    );
+    let db = pg.create_db("unix_upstream");
+    let waly = Waly::start_with(WalyOptions {
+        upstream_host: path_str(&socket_dir).to_owned(),
+        ..Default::default()
+    });
+
+    let (client, connection) = tokio_postgres::connect(&waly.url(&db), tokio_postgres::NoTls)
+        .await
+        .expect("connect through waly");
+    tokio::spawn(connection);
+    let over_unix: bool = client
+        .query_one("select inet_client_addr() is null", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        over_unix,
+        "waly's backend connection is not the Unix socket"
+    );
+
+    client
+        .batch_execute("create table t (id int primary key, v text); insert into t values (1, 'over the socket')")
+        .await
+        .expect("writes commit through a Unix-socket upstream");
+    let records = waly.records().await;
+    assert!(
+        records.iter().any(|r| r.changes.iter().any(|c| matches!(c,
+            waly::record::Change::Insert { table, new, .. }
+                if table == "t" && new.get().contains("over the socket")))),
+        "the insert is in the log: {records:?}"
+    );
+
+    // A CancelRequest must reach the backend over the same socket.
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let slow = client.simple_query("select pg_sleep(30)").await;
+    canceller.await.unwrap().expect("cancel request sent");
+    let err = slow.expect_err("the sleep is cancelled");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{err}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_waly"))
+        .args([
+            "migrate",
+            "--status",
+            "--config",
+            path_str(&waly.config_path()),
+        ])
+        .args(["--database", &db])
+        .env("WALY_TEST_PW", PG_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "waly migrate reaches Postgres over the socket: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

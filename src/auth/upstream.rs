@@ -5,15 +5,15 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::config::{Secret, Upstream};
 use crate::wire::frame::{Origin, ReadError, read_message};
+use crate::wire::socket::PgStream;
 use crate::wire::{PgError, SqlState};
 
 /// A backend connection that finished its startup: ready for queries.
 pub struct BackendLogin {
-    pub stream: TcpStream,
+    pub stream: PgStream,
     pub pid: i32,
     pub secret: i32,
     /// `ParameterStatus` and `NoticeResponse` messages Postgres sent during startup, as raw bytes in order,
@@ -53,7 +53,7 @@ impl LoginError {
             )
             .with_detail(self.to_string())
             .with_hint(format!(
-                "Check that Postgres is running and accepts TCP connections at {}.",
+                "Check that Postgres is running and accepts connections at {}.",
                 upstream.address()
             )),
             LoginError::NoPassword(_) => {
@@ -85,13 +85,12 @@ pub async fn login(
     password: Option<&Secret>,
 ) -> Result<BackendLogin, LoginError> {
     let address = upstream.address();
-    let mut stream = TcpStream::connect(&address)
+    let mut stream = PgStream::connect(&upstream.host, upstream.port)
         .await
         .map_err(|source| LoginError::Connect {
             address: address.clone(),
             source,
         })?;
-    stream.set_nodelay(true)?;
 
     let user = params
         .iter()

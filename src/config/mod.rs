@@ -67,13 +67,16 @@ pub struct KafkaSettings {
 /// Where Postgres listens. User and database come from each client's startup message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
+    /// A host name or address, or (libpq's convention) the directory of a Unix-domain socket when it
+    /// starts with `/`.
     pub host: String,
     pub port: u16,
 }
 
 impl Upstream {
+    /// `host:port`, or the path of the socket file.
     pub fn address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        crate::wire::socket::display_address(&self.host, self.port)
     }
 }
 
@@ -371,17 +374,21 @@ fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (usize::from(n) / 2).max(1))
 }
 
-/// Accepts a libpq URL or key=value string; only host and port are used.
+/// Accepts a libpq URL or key=value string; only host and port are used. A host that is a directory
+/// (`host=/var/run/postgresql`, `postgresql://%2Fvar%2Frun%2Fpostgresql`) is a Unix-domain socket's.
 fn parse_upstream(s: &str) -> Result<Upstream, String> {
     let cfg =
         tokio_postgres::Config::from_str(s).map_err(|e| format!("invalid upstream {s:?}: {e}"))?;
     let host = match cfg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        Some(_) => {
-            return Err(format!(
-                "upstream {s:?}: Unix-domain sockets are not supported; use a TCP host"
-            ));
-        }
+        Some(tokio_postgres::config::Host::Unix(dir)) => match dir.to_str() {
+            Some(dir) if crate::wire::socket::is_socket_directory(dir) => dir.to_owned(),
+            _ => {
+                return Err(format!(
+                    "upstream {s:?}: a Unix-domain socket directory must be an absolute path in UTF-8"
+                ));
+            }
+        },
         None => "127.0.0.1".to_owned(),
     };
     let port = cfg.get_ports().first().copied().unwrap_or(5432);
@@ -536,6 +543,23 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("unknown log backend \"s3\""), "{e}");
+    }
+
+    #[test]
+    fn an_upstream_may_name_a_unix_socket_directory() {
+        for (text, host, port) in [
+            ("host=/var/run/postgresql", "/var/run/postgresql", 5432),
+            ("postgresql:///app?host=/tmp&port=5433", "/tmp", 5433),
+            ("postgresql://%2Frun%2Fpg:6000/app", "/run/pg", 6000),
+            ("postgres://db.local", "db.local", 5432),
+        ] {
+            let u = parse_upstream(text).unwrap();
+            assert_eq!((u.host.as_str(), u.port), (host, port), "{text}");
+        }
+        assert_eq!(
+            parse_upstream("host=/tmp port=5433").unwrap().address(),
+            "/tmp/.s.PGSQL.5433"
+        );
     }
 
     #[test]

@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// The backend a cancel must reach.
 #[derive(Debug, Clone)]
 pub struct CancelTarget {
-    pub address: String,
+    /// Postgres' host (or socket directory) and port.
+    pub host: String,
+    pub port: u16,
     pub backend_pid: i32,
     pub backend_secret: i32,
 }
@@ -21,7 +22,7 @@ pub struct CancelTarget {
 impl CancelTarget {
     /// Sends Postgres a CancelRequest for this backend, on a connection of its own.
     pub async fn cancel(&self) -> std::io::Result<()> {
-        let mut stream = TcpStream::connect(&self.address).await?;
+        let mut stream = crate::wire::socket::PgStream::connect(&self.host, self.port).await?;
         let mut out = BytesMut::new();
         postgres_protocol::message::frontend::cancel_request(
             self.backend_pid,

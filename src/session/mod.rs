@@ -62,7 +62,7 @@ fn sends_utf8(client_encoding: &str) -> bool {
 /// A session past its handshake, ready to relay.
 struct Established {
     client: ClientStream,
-    backend: TcpStream,
+    backend: crate::wire::socket::PgStream,
     cancel_key: CancelKey,
     cancel_target: CancelTarget,
     user: String,
@@ -158,8 +158,8 @@ pub async fn serve(
 
 /// The backend side of a session, handed to the relay.
 struct Backend {
-    read: tokio::net::tcp::OwnedReadHalf,
-    write: tokio::net::tcp::OwnedWriteHalf,
+    read: crate::wire::socket::PgReader,
+    write: crate::wire::socket::PgWriter,
     tracker: ProtocolTracker,
     cancel_target: CancelTarget,
 }
@@ -369,7 +369,8 @@ async fn handshake(stream: TcpStream, ctx: &ServerContext) -> Option<Established
     };
 
     let cancel_target = CancelTarget {
-        address: ctx.config.upstream.address(),
+        host: ctx.config.upstream.host.clone(),
+        port: ctx.config.upstream.port,
         backend_pid: login.pid,
         backend_secret: login.secret,
     };

@@ -5,15 +5,15 @@
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::commit::{Backend, BackendLost, QueryResult, Reply, ServerError};
 use crate::wire::frame::{FrameScanner, Scan};
 use crate::wire::messages::{self, encode};
+use crate::wire::socket::{PgReader, PgWriter};
 
 pub struct OwnQueries<'a> {
-    pub read: &'a mut OwnedReadHalf,
-    pub write: &'a mut OwnedWriteHalf,
+    pub read: &'a mut PgReader,
+    pub write: &'a mut PgWriter,
     /// Bytes read from the backend and not yet scanned (shared with the relay).
     pub inbox: &'a mut BytesMut,
     pub scanner: &'a mut FrameScanner,

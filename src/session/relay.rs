@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::flow::{Flow, Pumped};
 use super::tracker::ProtocolTracker;
@@ -22,6 +21,7 @@ use crate::commit::Resolver;
 use crate::record::SessionInfo;
 use crate::server::cancel::CancelTarget;
 use crate::wire::frame::FrameScanner;
+use crate::wire::socket::{PgReader, PgWriter};
 use crate::wire::{FrameError, PgError, SqlState};
 
 /// Bytes read per system call.
@@ -51,8 +51,8 @@ pub enum Ending {
 pub struct Relay<CR, CW> {
     pub client_r: CR,
     pub client_w: CW,
-    pub backend_r: OwnedReadHalf,
-    pub backend_w: OwnedWriteHalf,
+    pub backend_r: PgReader,
+    pub backend_w: PgWriter,
     pub tracker: ProtocolTracker,
     pub cancel_target: CancelTarget,
     /// The client writer buffers internally (TLS) and must be flushed once its queue is written.

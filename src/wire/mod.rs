@@ -9,6 +9,7 @@ pub mod binary;
 pub mod error;
 pub mod frame;
 pub mod messages;
+pub mod socket;
 pub mod startup;
 
 pub use error::{PgError, SqlState};

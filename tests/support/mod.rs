@@ -69,6 +69,11 @@ pub fn postgres() -> &'static Postgres {
 }
 
 impl Postgres {
+    /// The directory of the cluster's Unix-domain socket (scripts/pg.sh puts it in the data directory).
+    pub fn socket_dir(&self) -> PathBuf {
+        target_dir().join("waly-test-pg")
+    }
+
     pub fn url(&self, db: &str) -> String {
         format!(
             "postgres://postgres:{PG_PASSWORD}@127.0.0.1:{}/{db}",
@@ -140,6 +145,8 @@ pub struct WalyOptions {
     pub users_yaml: String,
     pub extra_yaml: String,
     pub env: Vec<(String, String)>,
+    /// Postgres' host, or the directory of its Unix-domain socket.
+    pub upstream_host: String,
     pub upstream_port: u16,
     /// The log backend: `None` is the file log in the waly's data directory. Defaults to Kafka (the
     /// shared test broker, topics of a prefix of its own) when `WALY_TEST_LOG_BACKEND=kafka`.
@@ -154,6 +161,7 @@ impl Default for WalyOptions {
                     .into(),
             extra_yaml: String::new(),
             env: vec![("WALY_TEST_PW".into(), PG_PASSWORD.into())],
+            upstream_host: "127.0.0.1".into(),
             upstream_port: postgres().port,
             kafka: backend::kafka_mode().then(|| backend::LogAccess::Kafka {
                 bootstrap: kafka::broker().bootstrap(),
@@ -178,7 +186,8 @@ impl Waly {
         std::fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:{port}\nupstream: postgres://127.0.0.1:{}\ndata_dir: {}\nlog_format: json\n{}{}users:\n{}",
+                "listen: 127.0.0.1:{port}\nupstream: \"host={} port={}\"\ndata_dir: {}\nlog_format: json\n{}{}users:\n{}",
+                options.upstream_host,
                 options.upstream_port,
                 dir.path().join("data").display(),
                 options.extra_yaml,
