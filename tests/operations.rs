@@ -500,6 +500,20 @@ async fn strict_mode_refuses_undeclared_writes_and_records_the_rest_as_raw_sql()
         .get(0);
     assert_eq!(name, "Ada");
 
+    // A schema change that rewrites a strict table's rows is DDL, not an undeclared write.
+    c.batch_execute("ALTER TABLE accounts ADD COLUMN token uuid DEFAULT gen_random_uuid()")
+        .await
+        .expect("DDL on a strict table");
+    let last = d.records().await.pop().unwrap();
+    assert!(
+        last.operations.is_empty()
+            && last
+                .changes
+                .iter()
+                .any(|c| matches!(c, waly::record::Change::Rewrite { rows: 1, .. })),
+        "{last:?}"
+    );
+
     // A table without a policy keeps the default: recorded as raw SQL.
     c.execute("INSERT INTO notes VALUES ($1, $2)", &[&1i32, &"hello"])
         .await

@@ -420,6 +420,126 @@ async fn truncate_copy_ddl_and_keyless_tables_rebuild() {
     s.assert_rebuilds().await;
 }
 
+/// DDL whose defaults or conversions Postgres evaluates for the rows already there: run again in replay,
+/// they would give other values (a later now(), other uuids, another physical order for a serial).
+#[tokio::test]
+async fn ddl_that_gives_existing_rows_values_of_its_own_rebuilds() {
+    let s = Source::new(
+        "replay_ddl_values",
+        "create table parent (id int primary key, v text);
+         create table child (id int primary key, parent_id int references parent on delete cascade);
+         create table keyless (a int, b text);
+         create table part (id int, k int, primary key (id, k)) partition by list (k);
+         create table part_0 partition of part for values in (0);
+         create table part_1 partition of part for values in (1);",
+    )
+    .await;
+    s.tx(&[
+        "insert into parent select g, 'p' || g from generate_series(1, 20) g",
+        "insert into child select g, g from generate_series(1, 20) g",
+        "insert into keyless select g % 3, 'k' from generate_series(1, 9) g",
+        "insert into part select g, g % 2 from generate_series(1, 10) g",
+    ])
+    .await
+    .unwrap();
+    // Volatile defaults rewrite the table, a referenced one included.
+    s.tx(&["alter table parent add column token uuid default gen_random_uuid()"])
+        .await
+        .unwrap();
+    // A default evaluated once: every existing row gets this transaction's now().
+    s.tx(&["alter table parent add column created_at timestamptz not null default now()"])
+        .await
+        .unwrap();
+    // A rewrite between writes of the same transaction: the rows before it and after it stay exact.
+    s.tx(&[
+        "insert into parent values (21, 'before')",
+        "alter table parent add column r float8 default random()",
+        "insert into parent (id, v) values (22, 'after')",
+        "update parent set v = 'changed after' where id = 1",
+    ])
+    .await
+    .unwrap();
+    s.tx(&["alter table parent add column n serial"])
+        .await
+        .unwrap();
+    s.tx(&["alter table keyless add column u uuid default gen_random_uuid()"])
+        .await
+        .unwrap();
+    s.tx(&[
+        "alter table part add column at timestamptz default clock_timestamp()",
+        "alter table part add column day timestamptz default now()",
+    ])
+    .await
+    .unwrap();
+    // A conversion with a volatile USING expression.
+    s.tx(
+        &["alter table parent alter column created_at type timestamp \
+            using created_at + random() * interval '1 day'"],
+    )
+    .await
+    .unwrap();
+    // Rows with values of their own, then DDL that changes no row's values: nothing may be filled.
+    s.tx(&[
+        "insert into parent (id, v, created_at) values (30, 'explicit', '2001-02-03 04:05:06')",
+    ])
+    .await
+    .unwrap();
+    s.tx(&[
+        "alter table parent alter column token set default gen_random_uuid()",
+        "alter table parent alter column created_at drop default",
+        "alter table parent add column status text default 'new'",
+        "alter table parent alter column v type varchar",
+    ])
+    .await
+    .unwrap();
+    s.tx(&["delete from parent where id = 2"]).await.unwrap();
+
+    let records = s.records().await;
+    let kinds: Vec<Vec<&str>> = records
+        .iter()
+        .map(|(_, r)| {
+            r.changes
+                .iter()
+                .filter_map(|c| match c {
+                    Change::Rewrite { .. } => Some("rewrite"),
+                    Change::Fill { .. } => Some("fill"),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        kinds[1],
+        ["rewrite"],
+        "a volatile default rewrites the table"
+    );
+    assert_eq!(
+        kinds[2],
+        ["fill"],
+        "a now() default is one value for every row"
+    );
+    assert_eq!(
+        kinds[6],
+        ["rewrite", "rewrite", "fill", "fill"],
+        "each partition"
+    );
+    assert!(
+        kinds[9].is_empty(),
+        "SET/DROP DEFAULT and a constant default keep the rows: {kinds:?}"
+    );
+    let Change::Rewrite { rows, .. } = records[3]
+        .1
+        .changes
+        .iter()
+        .find(|c| matches!(c, Change::Rewrite { .. }))
+        .unwrap()
+    else {
+        unreachable!()
+    };
+    assert_eq!(*rows, 21, "the rewrite holds every row of the table then");
+    s.assert_rebuilds().await;
+}
+
 /// A workload of `n` transactions of 100 row changes each (60 inserts, 30 updates, 10 deletes).
 async fn bulk(s: &Source, n: usize) {
     for i in 0..n {

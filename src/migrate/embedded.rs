@@ -64,4 +64,11 @@ pub const MIGRATIONS: &[Migration] = &[
         // Disables and enables the event triggers while it replaces the capture functions.
         requires_superuser: true,
     },
+    Migration {
+        version: 10,
+        name: "ddl_values",
+        sql: include_str!("../../migrations/0010_ddl_values.sql"),
+        // Creates event triggers.
+        requires_superuser: true,
+    },
 ];

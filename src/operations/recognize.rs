@@ -173,8 +173,13 @@ pub fn recognize(
         i += 1;
     }
 
+    // Rows a DDL change rewrote are no application write: no operation, nothing for strict mode.
+    let by_ddl = crate::record::written_by_ddl(changes);
     let mut shaped: BTreeSet<usize> = BTreeSet::new();
     for (index, change) in changes.iter().enumerate() {
+        if by_ddl[index] {
+            continue;
+        }
         let Some((table, kind, old, new)) = row_change(change) else {
             continue;
         };
@@ -190,6 +195,9 @@ pub fn recognize(
     }
 
     for (index, change) in changes.iter().enumerate() {
+        if by_ddl[index] {
+            continue;
+        }
         let table = match change {
             Change::Insert { schema, table, .. }
             | Change::Update { schema, table, .. }

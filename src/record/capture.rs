@@ -78,6 +78,8 @@ pub fn changes_from_buffer(
                 object: None,
                 sql: None,
                 search_path: None,
+                column: None,
+                rows: None,
                 name: Some(p.name),
                 last_value: Some(p.last_value),
                 is_called: Some(p.is_called),
@@ -151,6 +153,8 @@ fn line_change(at: &str, line: &str) -> Result<Change, RecordError> {
         object: None,
         sql: None,
         search_path: None,
+        column: None,
+        rows: None,
         name: None,
         last_value: None,
         is_called: None,
@@ -178,6 +182,12 @@ fn primary_key(at: &str, image: &RawValue, columns: &[String]) -> Result<Json, R
     RawValue::from_string(key).map_err(|e| invalid(at, format!("key is not JSON: {e}")))
 }
 
+/// How many inserts follow a `rewrite` row (`migrations/0010_ddl_values.sql`).
+#[derive(serde::Deserialize)]
+struct RewriteRows {
+    rows: u64,
+}
+
 /// Where a sequence stands, as `waly.take_capture()` puts it in `new_row` of a row of kind `sequence`
 /// (`migrations/0004_sequences.sql`).
 #[derive(serde::Deserialize)]
@@ -188,7 +198,8 @@ struct SequencePosition {
 
 /// `columns`: kind, schema_name, table_name, pk, old_row, new_row, ddl_tag, ddl_object, ddl_query. Which
 /// of them a kind requires is decided by [`Change::try_from`], the same rule a stored record is read with.
-/// A `sequence` row names the sequence in table_name and holds its position in new_row.
+/// A `sequence` row names the sequence in table_name and holds its position in new_row; a `fill` row
+/// names its column in ddl_object; a `rewrite` row holds `{"rows": n}` in new_row.
 fn change(seq: &str, columns: &[Option<&str>; 9]) -> Result<Change, RecordError> {
     let [
         kind,
@@ -201,7 +212,21 @@ fn change(seq: &str, columns: &[Option<&str>; 9]) -> Result<Change, RecordError>
         object,
         query,
     ] = *columns;
-    let (mut name, mut position) = (None, None);
+    let (mut name, mut position, mut column, mut rows) = (None, None, None, None);
+    let mut object = object;
+    if kind == Some("fill") {
+        column = object.take();
+    }
+    if kind == Some("rewrite") {
+        rows = new
+            .take()
+            .map(|text| {
+                serde_json::from_str::<RewriteRows>(text)
+                    .map(|r| r.rows)
+                    .map_err(|e| invalid(seq, format!("new_row is not a row count: {e}")))
+            })
+            .transpose()?;
+    }
     if kind == Some("sequence") {
         name = table.take();
         position = new
@@ -233,6 +258,8 @@ fn change(seq: &str, columns: &[Option<&str>; 9]) -> Result<Change, RecordError>
         object: object.map(str::to_owned),
         sql: query.map(str::to_owned),
         search_path: None,
+        column: column.map(str::to_owned),
+        rows,
         name: name.map(str::to_owned),
         last_value: position.as_ref().map(|p| p.last_value),
         is_called: position.as_ref().map(|p| p.is_called),
@@ -353,6 +380,97 @@ mod tests {
                 is_called: false,
             }
         );
+    }
+
+    #[test]
+    fn rewrite_and_fill_rows_become_changes_and_mark_the_rows_ddl_wrote() {
+        let image = r#"{"id": 1, "at": "2026-12-04T10:00:00+00:00"}"#;
+        let rows = vec![
+            row(&[
+                Some("1"),
+                Some("ddl"),
+                None,
+                None,
+                None,
+                None,
+                None,
+                Some("ALTER TABLE"),
+                Some("public.t"),
+                Some("alter table t ..."),
+            ]),
+            row(&[
+                Some("2"),
+                Some("rewrite"),
+                Some("public"),
+                Some("t"),
+                None,
+                None,
+                Some(r#"{"rows": 1}"#),
+                None,
+                None,
+                None,
+            ]),
+            row(&[
+                Some("3"),
+                Some("insert"),
+                Some("public"),
+                Some("t"),
+                Some(r#"{"id": 1}"#),
+                None,
+                Some(image),
+                None,
+                None,
+                None,
+            ]),
+            row(&[
+                Some("4"),
+                Some("fill"),
+                Some("public"),
+                Some("t"),
+                None,
+                None,
+                Some(image),
+                None,
+                Some("at"),
+                None,
+            ]),
+            row(&[
+                Some("5"),
+                Some("insert"),
+                Some("public"),
+                Some("t"),
+                Some(r#"{"id": 2}"#),
+                None,
+                Some(image),
+                None,
+                None,
+                None,
+            ]),
+        ];
+        let changes = changes_from_capture_text(&rows).unwrap();
+        assert!(matches!(&changes[1], Change::Rewrite { table, rows: 1, .. } if table == "t"));
+        assert!(
+            matches!(&changes[3], Change::Fill { column, new, .. } if column == "at" && new.get() == image)
+        );
+        // The insert the rewrite announced is the DDL's; the one after the fill is the transaction's.
+        assert_eq!(
+            crate::record::written_by_ddl(&changes),
+            [false, false, true, false, false]
+        );
+        let bad = vec![row(&[
+            Some("9"),
+            Some("rewrite"),
+            Some("public"),
+            Some("t"),
+            None,
+            None,
+            Some("{}"),
+            None,
+            None,
+            None,
+        ])];
+        let e = changes_from_capture_text(&bad).unwrap_err().to_string();
+        assert!(e.contains("capture row 9") && e.contains("row count"), "{e}");
     }
 
     #[test]

@@ -134,6 +134,23 @@ pub enum Change {
         schema: String,
         table: String,
     },
+    /// The DDL change before it rewrote the table's rows with values of its own (a volatile default, a
+    /// column's new type): the `rows` inserts that follow it are the table's whole content after the DDL,
+    /// and replay empties the table before applying them.
+    Rewrite {
+        schema: String,
+        table: String,
+        rows: u64,
+    },
+    /// The DDL change before it added `column` with a default that Postgres evaluated once, for every row
+    /// already in the table (`now()`, say): `new` is the image of one of those rows, and replay sets the
+    /// column of every row of the table to its value there.
+    Fill {
+        schema: String,
+        table: String,
+        column: String,
+        new: Json,
+    },
     Ddl {
         tag: String,
         object: Option<String>,
@@ -170,6 +187,10 @@ struct ChangeFields {
     sql: Option<String>,
     #[serde(default)]
     search_path: Option<String>,
+    #[serde(default)]
+    column: Option<String>,
+    #[serde(default)]
+    rows: Option<u64>,
     name: Option<String>,
     last_value: Option<i64>,
     is_called: Option<bool>,
@@ -207,6 +228,17 @@ impl TryFrom<ChangeFields> for Change {
                 schema: need(f.schema, k, "schema")?,
                 table: need(f.table, k, "table")?,
             },
+            "rewrite" => Change::Rewrite {
+                schema: need(f.schema, k, "schema")?,
+                table: need(f.table, k, "table")?,
+                rows: need(f.rows, k, "rows")?,
+            },
+            "fill" => Change::Fill {
+                schema: need(f.schema, k, "schema")?,
+                table: need(f.table, k, "table")?,
+                column: need(f.column, k, "column")?,
+                new: need(f.new, k, "new")?,
+            },
             "ddl" => Change::Ddl {
                 tag: need(f.tag, k, "tag")?,
                 object: f.object,
@@ -222,6 +254,27 @@ impl TryFrom<ChangeFields> for Change {
             other => return Err(format!("unknown change kind {other:?}")),
         })
     }
+}
+
+/// Which of `changes` (a record's) are rows a DDL change put in the record rather than rows the
+/// transaction's statements wrote: the inserts a [`Change::Rewrite`] announces.
+pub fn written_by_ddl(changes: &[Change]) -> Vec<bool> {
+    let mut marks = vec![false; changes.len()];
+    let mut i = 0;
+    while i < changes.len() {
+        if let Change::Rewrite { rows, .. } = &changes[i] {
+            let end = usize::try_from(*rows)
+                .map_or(usize::MAX, |rows| rows.saturating_add(i + 1))
+                .min(changes.len());
+            for mark in &mut marks[i + 1..end] {
+                *mark = true;
+            }
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    marks
 }
 
 impl PartialEq for Change {
@@ -294,6 +347,32 @@ impl PartialEq for Change {
                     table: t2,
                 },
             ) => s == s2 && t == t2,
+            (
+                Rewrite {
+                    schema: s,
+                    table: t,
+                    rows: r,
+                },
+                Rewrite {
+                    schema: s2,
+                    table: t2,
+                    rows: r2,
+                },
+            ) => s == s2 && t == t2 && r == r2,
+            (
+                Fill {
+                    schema: s,
+                    table: t,
+                    column: c,
+                    new: n,
+                },
+                Fill {
+                    schema: s2,
+                    table: t2,
+                    column: c2,
+                    new: n2,
+                },
+            ) => s == s2 && t == t2 && c == c2 && text(n) == text(n2),
             (
                 Ddl {
                     tag: g,

@@ -125,7 +125,10 @@ fn by_table<'a>(all: Vec<At<'a>>) -> Vec<At<'a>> {
                     | Change::Update { schema, table, .. }
                     | Change::Delete { schema, table, .. } => (schema.as_str(), table.as_str()),
                     Change::Sequence { schema, name, .. } => (schema.as_str(), name.as_str()),
-                    Change::Truncate { .. } | Change::Ddl { .. } => ("", ""),
+                    Change::Truncate { .. }
+                    | Change::Rewrite { .. }
+                    | Change::Fill { .. }
+                    | Change::Ddl { .. } => ("", ""),
                 };
                 let rank = order.iter().position(|k| *k == key).unwrap_or_else(|| {
                     order.push(key);
@@ -138,7 +141,13 @@ fn by_table<'a>(all: Vec<At<'a>>) -> Vec<At<'a>> {
         out.extend(keyed.into_iter().map(|(_, at)| at));
     };
     for at in all {
-        if matches!(at.2, Change::Ddl { .. } | Change::Truncate { .. }) {
+        if matches!(
+            at.2,
+            Change::Ddl { .. }
+                | Change::Truncate { .. }
+                | Change::Rewrite { .. }
+                | Change::Fill { .. }
+        ) {
             flush(&mut segment, &mut out);
             out.push(at);
         } else {
@@ -229,6 +238,33 @@ async fn changes(
                     .batch_execute(&format!("truncate {}", names.join(", ")))
                     .await
                     .map_err(|e| refused(at, &e))?;
+            }
+            Change::Rewrite { .. } => {
+                // The target's rows got values of its own from the DDL just run; the source's follow.
+                let t = table_of(target, tables, at).await?;
+                target
+                    .batch_execute(&format!("delete from only {}", t.name))
+                    .await
+                    .map_err(|e| refused(at, &e))?;
+                counts.ddl += 1;
+                i += 1;
+            }
+            Change::Fill { column, new, .. } => {
+                let t = table_of(target, tables, at).await?;
+                let column = ident(column);
+                target
+                    .execute(
+                        &format!(
+                            "update only {table} set {column} = \
+                             (pg_catalog.jsonb_populate_record(null::{table}, $1::text::pg_catalog.jsonb)).{column}",
+                            table = t.name
+                        ),
+                        &[&new.get()],
+                    )
+                    .await
+                    .map_err(|e| refused(at, &e))?;
+                counts.ddl += 1;
+                i += 1;
             }
             Change::Ddl {
                 tag,
@@ -324,9 +360,11 @@ pub async fn table_of(
     let (Change::Insert { schema, table, .. }
     | Change::Update { schema, table, .. }
     | Change::Delete { schema, table, .. }
-    | Change::Truncate { schema, table }) = change
+    | Change::Truncate { schema, table }
+    | Change::Rewrite { schema, table, .. }
+    | Change::Fill { schema, table, .. }) = change
     else {
-        unreachable!("only row changes and TRUNCATE name a table")
+        unreachable!("only row changes, TRUNCATE, rewrites and fills name a table")
     };
     tables
         .get(target, schema, table)
@@ -368,6 +406,13 @@ pub fn describe(change: &Change) -> String {
             schema, table, pk, ..
         } => format!("delete from {schema}.{table}{}", key(pk)),
         Change::Truncate { schema, table } => format!("truncate {schema}.{table}"),
+        Change::Rewrite { schema, table, .. } => format!("rewrite of {schema}.{table}"),
+        Change::Fill {
+            schema,
+            table,
+            column,
+            ..
+        } => format!("fill of {schema}.{table}.{column}"),
         Change::Ddl { tag, object, .. } => match object {
             Some(object) => format!("{tag} {object}"),
             None => tag.clone(),

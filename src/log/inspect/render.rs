@@ -237,6 +237,25 @@ fn change_line(change: &Change) -> String {
             json(old)
         ),
         Change::Truncate { schema, table } => format!("truncate {}", relation(schema, table)),
+        Change::Rewrite {
+            schema,
+            table,
+            rows,
+        } => format!(
+            "rewrite {} by the DDL: its {rows} rows after it follow",
+            relation(schema, table)
+        ),
+        Change::Fill {
+            schema,
+            table,
+            column,
+            new,
+        } => format!(
+            "fill {}.{} on every row, as in {}",
+            relation(schema, table),
+            clean(column, VALUE_WIDTH),
+            json(new)
+        ),
         Change::Sequence {
             schema,
             name,
