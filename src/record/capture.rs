@@ -470,7 +470,10 @@ mod tests {
             None,
         ])];
         let e = changes_from_capture_text(&bad).unwrap_err().to_string();
-        assert!(e.contains("capture row 9") && e.contains("row count"), "{e}");
+        assert!(
+            e.contains("capture row 9") && e.contains("row count"),
+            "{e}"
+        );
     }
 
     #[test]
