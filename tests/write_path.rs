@@ -366,6 +366,85 @@ async fn statements_that_would_bypass_the_log_are_refused_clearly() {
     assert_eq!(prepared_transactions(&c).await, 0);
 }
 
+/// Large objects live in pg_largeobject, which no capture trigger sees: writing one is refused, in SQL and
+/// through libpq's large-object API (FunctionCall messages, psql's \lo_import); reading one works.
+#[tokio::test]
+async fn large_object_writes_are_refused_and_reads_work() {
+    let s = Served::new("wp_large_objects");
+    let url = s.url();
+    let direct = postgres().url(&s.db);
+    psql(&url, "create table t (id int primary key);");
+    let c = connect(&url).await;
+    let before = s.waly.log_end().await;
+    for sql in [
+        "select lo_from_bytea(0, 'hidden')",
+        "select pg_catalog.lo_create(0)",
+        "begin; insert into t values (1); select lo_import('/etc/hostname')",
+    ] {
+        assert_refused_by_waly(&c, sql).await;
+        let _ = c.batch_execute("rollback").await;
+    }
+    // As any failed statement, the refusal aborts the transaction it is in.
+    c.batch_execute("begin; insert into t values (2)")
+        .await
+        .unwrap();
+    assert_refused_by_waly(&c, "select lo_unlink(1)").await;
+    let err = c
+        .batch_execute("insert into t values (3)")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "25P02", "{err:?}");
+    c.batch_execute("rollback").await.unwrap();
+
+    // psql's \lo_import goes through libpq's lo_creat/lo_open/lowrite FunctionCall messages.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), b"large object bytes").unwrap();
+    let out = Command::new("psql")
+        .args(["-X", "-d", &url, "-c"])
+        .arg(format!("\\lo_import {}", path_str(file.path())))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("waly does not log large objects"),
+        "{out:?}"
+    );
+
+    let d = connect(&direct).await;
+    let none: i64 = d
+        .query_one("select count(*) from pg_largeobject_metadata", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(none, 0, "no large object was created");
+    assert_eq!(s.waly.log_end().await, before, "nothing was logged");
+
+    // One made behind waly's back reads through it, in SQL and with \lo_export.
+    let oid: u32 = d
+        .query_one("select lo_from_bytea(0, 'readable')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let bytes: Vec<u8> = c
+        .query_one("select lo_get($1)", &[&oid])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(bytes, b"readable");
+    let exported = file.path().with_extension("out");
+    let out = Command::new("psql")
+        .args(["-X", "-d", &url, "-c"])
+        .arg(format!("\\lo_export {oid} {}", path_str(&exported)))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(&exported).unwrap(), b"readable");
+    d.batch_execute(&format!("select lo_unlink({oid})"))
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(exported);
+}
+
 /// Temporary tables: writes to them alone commit without a record; a session that has them still gets
 /// its logged writes logged, and so does a transaction that mixes both (with `commit_protocol:
 /// two-phase`, Postgres cannot prepare it, so it commits directly).

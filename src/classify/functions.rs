@@ -16,6 +16,69 @@ pub fn is_known_read_only(name: &str) -> bool {
     READ_ONLY.binary_search(&bare.as_str()).is_ok()
 }
 
+/// True when `name` is a built-in that creates, writes or removes a large object.
+pub fn writes_large_object(name: &str) -> bool {
+    let bare = match name.split_once('.') {
+        Some(("pg_catalog", bare)) => bare,
+        Some(_) => return false,
+        None => name,
+    };
+    LARGE_OBJECT_WRITERS
+        .iter()
+        .any(|(writer, _)| writer.eq_ignore_ascii_case(bare))
+}
+
+/// Whether `sql` calls a large-object writer where the parse tree's function list does not reach (an
+/// INSERT's VALUES list, say): a name token followed by `(`, bare or qualified by `pg_catalog`. String
+/// literals and comments are tokens of their own, so text that merely mentions a writer does not count.
+pub fn mentions_large_object_writer(sql: &str) -> bool {
+    use pg_query::protobuf::Token;
+    let lower = sql.to_ascii_lowercase();
+    if !LARGE_OBJECT_WRITERS
+        .iter()
+        .any(|(name, _)| lower.contains(name))
+    {
+        return false;
+    }
+    let Ok(scanned) = pg_query::scan(sql) else {
+        return false;
+    };
+    let tokens = &scanned.tokens;
+    let text = |i: usize| {
+        let t = &tokens[i];
+        sql.get(t.start as usize..t.end as usize).unwrap_or("")
+    };
+    (0..tokens.len().saturating_sub(1)).any(|i| {
+        tokens[i].token == Token::Ident as i32
+            && tokens[i + 1].token == Token::Ascii40 as i32
+            && writes_large_object(text(i))
+            && (i < 2
+                || tokens[i - 1].token != Token::Ascii46 as i32
+                || text(i - 2).eq_ignore_ascii_case("pg_catalog"))
+    })
+}
+
+/// True when `oid` is one of those built-ins, as a FunctionCall message names it (built-in function OIDs
+/// are fixed in Postgres' catalog, the same in every version that has the function).
+pub fn is_large_object_writer_oid(oid: u32) -> bool {
+    LARGE_OBJECT_WRITERS
+        .iter()
+        .any(|(_, oids)| oids.contains(&oid))
+}
+
+/// The large-object functions that change data, with their OIDs in pg_proc.
+const LARGE_OBJECT_WRITERS: &[(&str, &[u32])] = &[
+    ("lo_create", &[715]),
+    ("lo_creat", &[957]),
+    ("lo_import", &[764, 767]),
+    ("lowrite", &[955]),
+    ("lo_unlink", &[964]),
+    ("lo_truncate", &[1004]),
+    ("lo_truncate64", &[3172]),
+    ("lo_from_bytea", &[3457]),
+    ("lo_put", &[3460]),
+];
+
 /// Sorted (checked by a test): binary search.
 const READ_ONLY: &[&str] = &[
     "abs",

@@ -7,6 +7,7 @@
 
 mod cache;
 mod functions;
+pub use functions::is_large_object_writer_oid;
 mod normalize;
 mod stats;
 
@@ -100,6 +101,10 @@ pub enum Refusal {
     WalySetting,
     /// RESET ALL inside a transaction, or with writes in the same query string.
     ResetAllInTransaction,
+    /// A call of a function that writes a large object (`lo_create`, `lowrite`, `lo_unlink`, ...), in
+    /// SQL or as a FunctionCall message: large objects live in a system catalog, where no capture
+    /// trigger sees them.
+    LargeObject,
 }
 
 impl Refusal {
@@ -112,6 +117,7 @@ impl Refusal {
             Refusal::ResetAllInTransaction => {
                 "waly does not allow RESET ALL inside a transaction that may write"
             }
+            Refusal::LargeObject => "waly does not log large objects",
         }
     }
 
@@ -129,6 +135,9 @@ impl Refusal {
             }
             Refusal::ResetAllInTransaction => {
                 "RESET ALL would also discard waly's record of the transaction's row changes; run it outside a transaction block, in a query string of its own."
+            }
+            Refusal::LargeObject => {
+                "Large objects live in pg_largeobject, outside the tables waly captures, so the log could not rebuild them; store the data in a bytea column. Reading existing large objects works."
             }
         }
     }
@@ -177,11 +186,14 @@ pub fn classify(sql: &str) -> Classification {
     };
     // A SELECT that calls a function which is not a known read-only built-in may write (a volatile
     // function can do anything): it is treated as Unknown, so that in autocommit it is wrapped and logged.
-    let calls_unknown = parsed
-        .call_functions()
-        .iter()
-        .any(|f| !functions::is_known_read_only(f));
+    let calls = parsed.call_functions();
+    let calls_unknown = calls.iter().any(|f| !functions::is_known_read_only(f));
     let mut class = Classification::default();
+    if calls.iter().any(|f| functions::writes_large_object(f))
+        || functions::mentions_large_object_writer(sql)
+    {
+        class.refusal = Some(Refusal::LargeObject);
+    }
     for raw in &parsed.protobuf.stmts {
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
             class.statements.push(StatementKind::Session);
@@ -490,6 +502,25 @@ mod tests {
             assert_eq!(classify(sql).refusal, Some(Refusal::WalySetting), "{sql}");
         }
         assert_eq!(classify("set walyx.y = 1").refusal, None);
+        for sql in [
+            "select lo_from_bytea(0, 'x')",
+            "insert into docs (body) values (lo_import('/tmp/f'))",
+            "select pg_catalog.LOWRITE(fd, $1) from open_descriptors",
+        ] {
+            assert_eq!(classify(sql).refusal, Some(Refusal::LargeObject), "{sql}");
+        }
+        assert_eq!(classify("select lo_get(16400)").refusal, None);
+        assert_eq!(classify("select myschema.lo_unlink(1)").refusal, None);
+        assert_eq!(
+            classify("insert into notes values ('call lo_create(0) to make one') -- lowrite(")
+                .refusal,
+            None
+        );
+        assert_eq!(
+            classify("insert into t values (1, pg_catalog.lo_put(1, 0, 'x'))").refusal,
+            Some(Refusal::LargeObject)
+        );
+        assert!(is_large_object_writer_oid(955) && !is_large_object_writer_oid(954));
         assert_eq!(
             classify("drop database if exists \"Shop\"; alter database a rename to b")
                 .databases_replaced,

@@ -486,6 +486,23 @@ where
         b: &mut Buffers,
     ) -> Result<(), Ending> {
         let Some(seen) = seen else {
+            if message[0] == b'F'
+                && messages::function_call_oid(&message[5..])
+                    .is_some_and(crate::classify::is_large_object_writer_oid)
+            {
+                // Answered as Postgres answers a failed call (ErrorResponse, ReadyForQuery), and aborting
+                // the transaction as a failed call would.
+                let r = Refusal::LargeObject;
+                let sql = raise_sql(
+                    &PgError::error(SqlState::FEATURE_NOT_SUPPORTED, r.message())
+                        .with_hint(r.hint()),
+                );
+                let mut bytes = BytesMut::new();
+                encode::query(&mut bytes, &sql);
+                return self
+                    .run_piece(request(bytes, Effects::default(), true, Vec::new()), b)
+                    .await;
+            }
             // A FunctionCall (or an undecodable Query): it may write.
             let effects = Effects {
                 may_write: true,

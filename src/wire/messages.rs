@@ -11,6 +11,11 @@ fn cstr<'a>(body: &'a [u8], pos: &mut usize) -> Option<&'a str> {
     std::str::from_utf8(&rest[..end]).ok()
 }
 
+/// The function OID a FunctionCall message's body starts with.
+pub fn function_call_oid(body: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(body.get(..4)?.try_into().ok()?))
+}
+
 /// `Query`: the SQL text.
 pub fn query_text(body: &[u8]) -> Option<&str> {
     cstr(body, &mut 0)
