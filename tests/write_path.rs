@@ -366,6 +366,57 @@ async fn statements_that_would_bypass_the_log_are_refused_clearly() {
     assert_eq!(prepared_transactions(&c).await, 0);
 }
 
+/// A sequence used on its own (an ORM's id generator, a restored dump's setval) moves without a row of
+/// any table changing: its position is recorded from the nextval()/setval() calls the statements make.
+#[tokio::test]
+async fn sequences_named_in_nextval_and_setval_rebuild_to_their_live_positions() {
+    let s = Served::new("wp_named_sequences");
+    let url = s.url();
+    psql(
+        &url,
+        "create sequence hibernate_sequence; create sequence \"Odd\"; create sequence later_seq;
+         create table item (id bigint primary key, v text);",
+    );
+    let c = connect(&url).await;
+    let before = s.waly.log_end().await;
+    c.batch_execute("select nextval('hibernate_sequence'), nextval('hibernate_sequence')")
+        .await
+        .unwrap();
+    let records = s.waly.records().await;
+    assert_eq!(
+        records.len() as u64,
+        before + 1,
+        "a nextval() alone is logged"
+    );
+    assert!(
+        records.last().unwrap().changes.iter().any(|c| matches!(c,
+            Change::Sequence { name, last_value: 2, is_called: true, .. } if name == "hibernate_sequence")),
+        "{:?}",
+        records.last()
+    );
+    // Extended protocol, inside a transaction with a row of its own.
+    c.batch_execute("begin").await.unwrap();
+    let id: i64 = c
+        .query_one("select nextval('hibernate_sequence')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    c.execute("insert into item values ($1, 'a')", &[&id])
+        .await
+        .unwrap();
+    c.batch_execute("commit").await.unwrap();
+    c.batch_execute(
+        "select setval('\"Odd\"', 41); select pg_catalog.setval('later_seq', 7, false)",
+    )
+    .await
+    .unwrap();
+    // A spilled capture (DDL in the transaction) records them too.
+    c.batch_execute("begin; create table other (id int); select nextval('\"Odd\"'); commit")
+        .await
+        .unwrap();
+    s.assert_replay_equals_live();
+}
+
 /// Large objects live in pg_largeobject, which no capture trigger sees: writing one is refused, in SQL and
 /// through libpq's large-object API (FunctionCall messages, psql's \lo_import); reading one works.
 #[tokio::test]

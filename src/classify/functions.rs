@@ -58,6 +58,49 @@ pub fn mentions_large_object_writer(sql: &str) -> bool {
     })
 }
 
+/// The sequences `sql` names in a `nextval('...')` or `setval('...', ...)` call (bare or qualified by
+/// `pg_catalog`), as written in the string literal (`'public.orders_seq'`, `'"MySeq"'`). A name passed
+/// as a parameter (`nextval($1)`) is not known here.
+pub fn named_sequences(sql: &str) -> Vec<String> {
+    use pg_query::protobuf::Token;
+    let lower = sql.to_ascii_lowercase();
+    if !lower.contains("nextval") && !lower.contains("setval") {
+        return Vec::new();
+    }
+    let Ok(scanned) = pg_query::scan(sql) else {
+        return Vec::new();
+    };
+    let tokens = &scanned.tokens;
+    let text = |i: usize| {
+        let t = &tokens[i];
+        sql.get(t.start as usize..t.end as usize).unwrap_or("")
+    };
+    let mut names: Vec<String> = Vec::new();
+    for i in 0..tokens.len().saturating_sub(2) {
+        let function = text(i);
+        let qualified_elsewhere = i >= 2
+            && tokens[i - 1].token == Token::Ascii46 as i32
+            && !text(i - 2).eq_ignore_ascii_case("pg_catalog");
+        if tokens[i].token == Token::Ident as i32
+            && (function.eq_ignore_ascii_case("nextval") || function.eq_ignore_ascii_case("setval"))
+            && !qualified_elsewhere
+            && tokens[i + 1].token == Token::Ascii40 as i32
+            && tokens[i + 2].token == Token::Sconst as i32
+            && let Some(name) = plain_string(text(i + 2))
+            && !names.contains(&name)
+        {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// The value of a plain string literal (`'it''s'`); `None` for the other kinds (E'', U&'', $$).
+fn plain_string(literal: &str) -> Option<String> {
+    let inner = literal.strip_prefix('\'')?.strip_suffix('\'')?;
+    Some(inner.replace("''", "'"))
+}
+
 /// True when `oid` is one of those built-ins, as a FunctionCall message names it (built-in function OIDs
 /// are fixed in Postgres' catalog, the same in every version that has the function).
 pub fn is_large_object_writer_oid(oid: u32) -> bool {

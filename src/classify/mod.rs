@@ -7,7 +7,7 @@
 
 mod cache;
 mod functions;
-pub use functions::is_large_object_writer_oid;
+pub use functions::{is_large_object_writer_oid, named_sequences};
 mod normalize;
 mod stats;
 
@@ -521,6 +521,14 @@ mod tests {
             Some(Refusal::LargeObject)
         );
         assert!(is_large_object_writer_oid(955) && !is_large_object_writer_oid(954));
+        assert_eq!(
+            named_sequences(
+                "insert into t values (nextval('hib_seq'), pg_catalog.setval('public.\"Odd\"''s', 5)); \
+                 select nextval('hib_seq'), other.nextval('x'), nextval($1), 'nextval(''y'')'"
+            ),
+            ["hib_seq", "public.\"Odd\"'s"]
+        );
+        assert!(named_sequences("select 1").is_empty());
         assert_eq!(
             classify("drop database if exists \"Shop\"; alter database a rename to b")
                 .databases_replaced,

@@ -39,13 +39,45 @@ pub const CAPTURE_QUERY: &str = "SET CONSTRAINTS ALL IMMEDIATE; \
             CASE WHEN current_setting('waly.capture_spilled', true) = 'on' \
                  THEN current_setting('search_path') END";
 
-/// The first round trip: [`CAPTURE_QUERY`], then `PREPARE TRANSACTION gid` unless the check under the
+/// [`CAPTURE_QUERY`] for a transaction whose statements name the sequences `named` in nextval() or
+/// setval() calls: one more column, their positions (`waly.named_sequence_positions()`), and a
+/// transaction id assigned if it has none yet (nextval() does not always assign one), so the record
+/// has its id.
+pub fn capture_query(named: &[String]) -> String {
+    if named.is_empty() {
+        return CAPTURE_QUERY.to_owned();
+    }
+    format!(
+        "{}, {}",
+        CAPTURE_QUERY.replacen(
+            "pg_current_xact_id_if_assigned()",
+            "pg_current_xact_id()",
+            1
+        ),
+        named_positions_call(named)
+    )
+}
+
+/// `waly.named_sequence_positions(ARRAY[...])` for `named`.
+fn named_positions_call(named: &[String]) -> String {
+    let literals: Vec<String> = named
+        .iter()
+        .map(|n| format!("'{}'", n.replace('\'', "''")))
+        .collect();
+    format!(
+        "waly.named_sequence_positions(ARRAY[{}]::text[])",
+        literals.join(", ")
+    )
+}
+
+/// The first round trip: [`capture_query`], then `PREPARE TRANSACTION gid` unless the check under the
 /// savepoint raises [`NOT_PREPARABLE`] (then the query stops there, and [`UNDO_CHECK`] puts the
 /// transaction back as it was before the check).
-pub fn first_round_trip(gid: &str) -> String {
+pub fn first_round_trip(gid: &str, named: &[String]) -> String {
     format!(
-        "{CAPTURE_QUERY}; SAVEPOINT waly_prepare; SELECT waly.assert_preparable(); \
-         RELEASE SAVEPOINT waly_prepare; PREPARE TRANSACTION '{gid}'"
+        "{}; SAVEPOINT waly_prepare; SELECT waly.assert_preparable(); \
+         RELEASE SAVEPOINT waly_prepare; PREPARE TRANSACTION '{gid}'",
+        capture_query(named)
     )
 }
 
@@ -77,9 +109,16 @@ pub const UTF8_FOR_THE_CAPTURE: &str = "SET LOCAL client_encoding = 'UTF8'; ";
 pub const UNDO_CHECK: &str = "ROLLBACK TO SAVEPOINT waly_prepare; RELEASE SAVEPOINT waly_prepare";
 
 /// When the buffer spilled into `waly.capture` (a large transaction, DDL, TRUNCATE): everything, in order,
-/// taken from the table and the buffer.
-pub static SPILLED_QUERY: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("SELECT {CAPTURE_COLUMNS} FROM waly.read_changes(true)"));
+/// taken from the table and the buffer; then, for sequences `named` in the transaction's statements,
+/// their positions as a second result.
+pub fn spilled_query(named: &[String]) -> String {
+    let mut query = format!("SELECT {CAPTURE_COLUMNS} FROM waly.read_changes(true)");
+    if !named.is_empty() {
+        query.push_str("; SELECT ");
+        query.push_str(&named_positions_call(named));
+    }
+    query
+}
 
 /// What the first round trip read.
 pub struct Captured {
@@ -98,6 +137,8 @@ pub struct Captured {
     pub role: Option<String>,
     /// The search_path at commit, read when the capture spilled (always so after DDL).
     pub search_path: Option<String>,
+    /// `waly.named_sequence_positions()`'s JSON array, when [`capture_query`] asked for it.
+    pub named_sequences: Option<String>,
 }
 
 impl Captured {
@@ -115,7 +156,7 @@ impl Captured {
         let (txid, committed_at, buffer, spilled, sequences, prepare_impossible) =
             (next(), next(), next(), next(), next(), next());
         let _synchronous_commit_raised = next();
-        let (role, search_path) = (next(), next());
+        let (role, search_path, named_sequences) = (next(), next(), next());
         Captured {
             txid,
             committed_at: committed_at.unwrap_or_default(),
@@ -125,6 +166,7 @@ impl Captured {
             prepare_impossible: prepare_impossible.as_deref() == Some("t"),
             role,
             search_path,
+            named_sequences,
         }
     }
 }

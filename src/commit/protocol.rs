@@ -91,10 +91,19 @@ pub async fn commit(
     // Claimed before anything can prepare it, so no recovery pass decides it while this runs.
     let claim = InFlight::claim(super::gid(how.boot, &super::next_gid_number()));
     let two_phase = how.protocol == CommitProtocol::TwoPhase;
+    // Sequences used on their own are not seen by the capture: their names come from the statements.
+    let mut named: Vec<String> = Vec::new();
+    for statement in &statements {
+        for name in crate::classify::named_sequences(&statement.sql) {
+            if !named.contains(&name) {
+                named.push(name);
+            }
+        }
+    }
     let mut first = if two_phase {
-        capture::first_round_trip(claim.gid())
+        capture::first_round_trip(claim.gid(), &named)
     } else {
-        capture::CAPTURE_QUERY.to_owned()
+        capture::capture_query(&named)
     };
     if !how.client_utf8 {
         first.insert_str(0, capture::UTF8_FOR_THE_CAPTURE);
@@ -140,7 +149,7 @@ pub async fn commit(
         CommitKind::Prepared
     };
     let open = prepared.then_some(&claim);
-    let mut changes = match read_changes(backend, &captured, open).await? {
+    let mut changes = match read_changes(backend, &captured, &named, open).await? {
         Read::Changes(changes) => changes,
         Read::Nothing => return plain_commit(backend).await,
         Read::Failed(failure) => return Ok(Outcome::Failed(failure)),
@@ -208,6 +217,7 @@ enum Read {
 async fn read_changes(
     backend: &mut impl Backend,
     captured: &Captured,
+    named: &[String],
     prepared: Option<&InFlight>,
 ) -> Result<Read, Lost> {
     let read = match (&captured.txid, captured.spilled, prepared) {
@@ -215,22 +225,32 @@ async fn read_changes(
         (None, _, None) => return Ok(Read::Nothing),
         (Some(_), true, None) => {
             let reply = backend
-                .query(&capture::SPILLED_QUERY)
+                .query(&capture::spilled_query(named))
                 .await
                 .map_err(Lost::nothing)?;
             if let Some(error) = reply.error {
                 rollback(backend).await?;
                 return Ok(Read::Failed(Failure::Postgres { error, hint: None }));
             }
-            let rows = reply
-                .results
-                .into_iter()
+            let mut results = reply.results.into_iter();
+            let rows = results.next().map(|r| r.rows).unwrap_or_default();
+            let positions = results
                 .next()
-                .map(|r| r.rows)
-                .unwrap_or_default();
-            changes_from_capture_text(&rows)
+                .and_then(|r| r.rows.into_iter().next())
+                .and_then(|row| row.into_iter().next().flatten());
+            changes_from_capture_text(&rows).and_then(|mut changes| {
+                changes.extend(changes_from_buffer("", positions.as_deref())?);
+                Ok(changes)
+            })
         }
-        (Some(_), false, _) => changes_from_buffer(&captured.buffer, captured.sequences.as_deref()),
+        (Some(_), false, _) => changes_from_buffer(&captured.buffer, captured.sequences.as_deref())
+            .and_then(|mut changes| {
+                changes.extend(changes_from_buffer(
+                    "",
+                    captured.named_sequences.as_deref(),
+                )?);
+                Ok(changes)
+            }),
         // The check passed although the transaction has no id or spilled: never taken as written.
         (None, _, Some(_)) | (Some(_), true, Some(_)) => Ok(Vec::new()),
     };

@@ -71,4 +71,10 @@ pub const MIGRATIONS: &[Migration] = &[
         // Creates event triggers.
         requires_superuser: true,
     },
+    Migration {
+        version: 11,
+        name: "named_sequences",
+        sql: include_str!("../../migrations/0011_named_sequences.sql"),
+        requires_superuser: false,
+    },
 ];
