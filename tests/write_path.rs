@@ -368,6 +368,7 @@ async fn statements_that_would_bypass_the_log_are_refused_clearly() {
 
 /// A sequence used on its own (an ORM's id generator, a restored dump's setval) moves without a row of
 /// any table changing: its position is recorded from the nextval()/setval() calls the statements make.
+/// One a column default draws from is recorded with the table's inserts.
 #[tokio::test]
 async fn sequences_named_in_nextval_and_setval_rebuild_to_their_live_positions() {
     let s = Served::new("wp_named_sequences");
@@ -412,6 +413,18 @@ async fn sequences_named_in_nextval_and_setval_rebuild_to_their_live_positions()
     .unwrap();
     // A spilled capture (DDL in the transaction) records them too.
     c.batch_execute("begin; create table other (id int); select nextval('\"Odd\"'); commit")
+        .await
+        .unwrap();
+    // A sequence a column default draws from moves with the table's inserts, as an owned one does.
+    c.batch_execute(
+        "create sequence shared_seq start 100;
+         create table doc (id bigint primary key default nextval('shared_seq'), v text);
+         insert into doc (v) values ('a'), ('b');
+         alter table item alter column id set default nextval('shared_seq');",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("insert into item (v) values ('c')")
         .await
         .unwrap();
     s.assert_replay_equals_live();

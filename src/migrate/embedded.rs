@@ -73,8 +73,9 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 11,
-        name: "named_sequences",
-        sql: include_str!("../../migrations/0011_named_sequences.sql"),
-        requires_superuser: false,
+        name: "standalone_sequences",
+        sql: include_str!("../../migrations/0011_standalone_sequences.sql"),
+        // Disables and enables the event triggers while it refreshes every table's sequences.
+        requires_superuser: true,
     },
 ];
