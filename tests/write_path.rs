@@ -736,6 +736,22 @@ async fn statements_outside_a_transaction_block_are_logged_after_the_fact() {
         "{:?}",
         last.changes
     );
+    // DETACH PARTITION CONCURRENTLY is another (and replay runs it as a plain DETACH).
+    psql(
+        &url,
+        "create table p (id int, k int, primary key (id, k)) partition by list (k);
+         create table p0 partition of p for values in (0);
+         create table p1 partition of p for values in (1);
+         insert into p values (1, 0), (2, 1);",
+    );
+    psql(&url, "alter table p detach partition p1 concurrently;");
+    let last = s.waly.records().await.pop().unwrap();
+    assert!(
+        matches!(&last.changes[..], [Change::Ddl { sql, .. }, ..] if sql.contains("detach partition p1 concurrently")),
+        "{:?}",
+        last.changes
+    );
+    psql(&url, "insert into p1 values (3, 1)");
     let c = connect(&url).await;
     let left: i64 = c
         .query_one("select count(*) from waly.capture", &[])

@@ -236,7 +236,7 @@ fn refusal(node: &NodeEnum) -> Option<Refusal> {
     }
 }
 
-/// `sql` with CONCURRENTLY taken out of its index statements, for replay, which runs DDL inside its batch
+/// `sql` with CONCURRENTLY taken out of its index statements and partition detaches, for replay, which runs DDL inside its batch
 /// transaction (building an index concurrently only matters while the table is in use). `None` when there
 /// is nothing to take out or the text does not parse.
 pub fn without_concurrently(sql: &str) -> Option<String> {
@@ -252,6 +252,19 @@ pub fn without_concurrently(sql: &str) -> Option<String> {
                 d.concurrent = false;
                 changed = true;
             }
+            Some(NodeEnum::AlterTableStmt(a)) => {
+                for cmd in &mut a.cmds {
+                    if let Some(NodeEnum::AlterTableCmd(c)) = cmd.node.as_mut()
+                        && c.subtype() == pg_query::protobuf::AlterTableType::AtDetachPartition
+                        && let Some(NodeEnum::PartitionCmd(p)) =
+                            c.def.as_mut().and_then(|d| d.node.as_mut())
+                        && p.concurrent
+                    {
+                        p.concurrent = false;
+                        changed = true;
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -259,6 +272,31 @@ pub fn without_concurrently(sql: &str) -> Option<String> {
         return None;
     }
     parsed.protobuf.deparse(Default::default()).ok()
+}
+
+/// The partitions `sql` detaches with `DETACH PARTITION ... CONCURRENTLY`, as SQL names. Postgres adds
+/// such a partition a CHECK constraint holding its partition constraint, which a plain DETACH (what
+/// [`without_concurrently`] makes of it) does not: replay adds it itself.
+pub fn concurrently_detached(sql: &str) -> Vec<String> {
+    let Ok(parsed) = pg_query::parse(sql, 0) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    for raw in &parsed.protobuf.stmts {
+        if let Some(NodeEnum::AlterTableStmt(a)) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
+            for cmd in &a.cmds {
+                if let Some(range) = concurrent_detach(cmd).and_then(|p| p.name.as_ref()) {
+                    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+                    names.push(if range.schemaname.is_empty() {
+                        quote(&range.relname)
+                    } else {
+                        format!("{}.{}", quote(&range.schemaname), quote(&range.relname))
+                    });
+                }
+            }
+        }
+    }
+    names
 }
 
 /// The databases DROP DATABASE or ALTER DATABASE ... RENAME TO replaces.
@@ -287,10 +325,25 @@ fn autocommit_only(node: &NodeEnum) -> bool {
         | NodeEnum::DropSubscriptionStmt(_) => true,
         NodeEnum::IndexStmt(i) => i.concurrent,
         NodeEnum::DropStmt(d) => d.concurrent,
+        NodeEnum::AlterTableStmt(a) => a.cmds.iter().any(|c| concurrent_detach(c).is_some()),
         NodeEnum::ReindexStmt(r) => r.params.iter().any(|p| {
             matches!(&p.node, Some(NodeEnum::DefElem(d)) if d.defname.eq_ignore_ascii_case("concurrently"))
         }),
         _ => false,
+    }
+}
+
+/// The partition command of an `ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY` subcommand.
+fn concurrent_detach(cmd: &pg_query::protobuf::Node) -> Option<&pg_query::protobuf::PartitionCmd> {
+    let Some(NodeEnum::AlterTableCmd(c)) = &cmd.node else {
+        return None;
+    };
+    if c.subtype() != pg_query::protobuf::AlterTableType::AtDetachPartition {
+        return None;
+    }
+    match c.def.as_ref().and_then(|d| d.node.as_ref()) {
+        Some(NodeEnum::PartitionCmd(p)) if p.concurrent => Some(p),
+        _ => None,
     }
 }
 
@@ -552,6 +605,9 @@ mod tests {
             assert!(classify(sql).autocommit_only, "{sql}");
         }
         assert!(!classify("create index i on t (a)").autocommit_only);
+        assert!(classify("alter table p detach partition p1 concurrently").autocommit_only);
+        assert!(!classify("alter table p detach partition p1").autocommit_only);
+        assert!(!classify("alter table p detach partition p1 finalize").autocommit_only);
         assert!(classify("begin; insert into t values (1); commit").commits());
     }
 
@@ -562,6 +618,15 @@ mod tests {
             Some("CREATE INDEX t_v ON t USING btree (v)")
         );
         assert_eq!(without_concurrently("create index t_v on t (v)"), None);
+        assert_eq!(
+            without_concurrently("alter table p detach partition p1 concurrently").as_deref(),
+            Some("ALTER TABLE p DETACH PARTITION p1")
+        );
+        assert_eq!(
+            concurrently_detached("alter table p detach partition s.\"P1\" concurrently"),
+            ["\"s\".\"P1\""]
+        );
+        assert!(concurrently_detached("alter table p detach partition p1").is_empty());
     }
 
     #[test]

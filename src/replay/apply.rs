@@ -284,10 +284,32 @@ async fn changes(
                             .map_err(|e| refused(at, &e))?;
                     }
                     let plain = crate::classify::without_concurrently(sql);
+                    let mut detached_checks = Vec::new();
+                    for partition in crate::classify::concurrently_detached(sql) {
+                        let row = target
+                            .query_one(
+                                "select pg_catalog.pg_get_partition_constraintdef($1::text::pg_catalog.regclass)",
+                                &[&partition],
+                            )
+                            .await
+                            .map_err(|e| refused(at, &e))?;
+                        if let Some(check) = row.get::<_, Option<String>>(0) {
+                            detached_checks
+                                .push(format!("alter table {partition} add check ({check})"));
+                        }
+                    }
                     target
                         .batch_execute(plain.as_deref().unwrap_or(sql))
                         .await
                         .map_err(|e| refused(at, &e))?;
+                    // What DETACH ... CONCURRENTLY adds and the plain DETACH run here does not; unnamed,
+                    // it gets the name Postgres chose for it.
+                    for check in detached_checks {
+                        target
+                            .batch_execute(&check)
+                            .await
+                            .map_err(|e| refused(at, &e))?;
+                    }
                     if search_path.is_some() {
                         target
                             .batch_execute("reset search_path")
