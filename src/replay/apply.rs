@@ -256,7 +256,7 @@ async fn changes(
                     .execute(
                         &format!(
                             "update only {table} set {column} = \
-                             (pg_catalog.jsonb_populate_record(null::{table}, $1::text::pg_catalog.jsonb)).{column}",
+                             (pg_catalog.json_populate_record(null::{table}, $1::text::pg_catalog.json)).{column}",
                             table = t.name
                         ),
                         &[&new.get()],

@@ -1,7 +1,7 @@
 //! What replay knows about one target table: its columns from the catalog and the statements that apply
 //! row images to it, prepared once and cached until DDL may have changed the table.
 //!
-//! Images become rows through `jsonb_populate_record(set)` over the table's own row type, so every value
+//! Images become rows through `json_populate_record(set)` over the table's own row type, so every value
 //! goes through its type's input function from the exact text Postgres rendered. Generated columns are
 //! never written (the target computes them); identity columns are inserted with `OVERRIDING SYSTEM VALUE`.
 //! An update or delete finds its row by primary key, or, without one, by the whole old image compared with
@@ -141,7 +141,7 @@ async fn load(target: &Client, schema: &str, table: &str) -> Result<Table, tokio
     let writable = |c: &Column| !c.generated;
     let insert = format!(
         "insert into {name} ({}) overriding system value select {} \
-         from jsonb_populate_recordset(null::{name}, $1::text::jsonb) as waly_r",
+         from json_populate_recordset(null::{name}, $1::text::json) as waly_r",
         list("", &writable).join(", "),
         list("waly_r", &writable).join(", "),
     );
@@ -181,15 +181,15 @@ async fn load(target: &Client, schema: &str, table: &str) -> Result<Table, tokio
         let update = format!(
             "update {name} as waly_t set {} \
              from unnest($1::text[], $2::text[]) as waly_e(old, new) \
-             cross join lateral jsonb_populate_record(null::{name}, waly_e.old::jsonb) as waly_o \
-             cross join lateral jsonb_populate_record(null::{name}, waly_e.new::jsonb) as waly_n \
+             cross join lateral json_populate_record(null::{name}, waly_e.old::json) as waly_o \
+             cross join lateral json_populate_record(null::{name}, waly_e.new::json) as waly_n \
              where {where_keys}{unchanged_identity}",
             settable.join(", ")
         );
         let delete = format!(
             "delete from {name} as waly_t \
              using pg_catalog.unnest($1::text[]) as waly_e(old) \
-             cross join lateral jsonb_populate_record(null::{name}, waly_e.old::jsonb) as waly_o \
+             cross join lateral json_populate_record(null::{name}, waly_e.old::json) as waly_o \
              where {where_keys}"
         );
         let mut old_key_columns: Vec<String> = columns
@@ -216,15 +216,15 @@ async fn load(target: &Client, schema: &str, table: &str) -> Result<Table, tokio
         let by_image = |p: &str| {
             format!(
                 "waly_t.ctid = (select waly_x.ctid from {name} as waly_x \
-                 where waly_x operator(pg_catalog.*=) jsonb_populate_record(null::{name}, {p}::text::jsonb) \
+                 where waly_x operator(pg_catalog.*=) json_populate_record(null::{name}, {p}::text::json) \
                  limit 1)"
             )
         };
         (
             format!(
                 "update {name} as waly_t set {} \
-                 from jsonb_populate_record(null::{name}, $2::text::jsonb) as waly_n, \
-                      jsonb_populate_record(null::{name}, $1::text::jsonb) as waly_o \
+                 from json_populate_record(null::{name}, $2::text::json) as waly_n, \
+                      json_populate_record(null::{name}, $1::text::json) as waly_o \
                  where {}{unchanged_identity}",
                 settable.join(", "),
                 by_image("$1")
@@ -236,14 +236,14 @@ async fn load(target: &Client, schema: &str, table: &str) -> Result<Table, tokio
         (
             format!(
                 "update {name} as waly_t set {} \
-                 from jsonb_populate_record(null::{name}, $2::text::jsonb) as waly_n, \
-                      jsonb_populate_record(null::{name}, $1::text::jsonb) as waly_o \
+                 from json_populate_record(null::{name}, $2::text::json) as waly_n, \
+                      json_populate_record(null::{name}, $1::text::json) as waly_o \
                  where {keys}{unchanged_identity}",
                 settable.join(", ")
             ),
             format!(
                 "delete from {name} as waly_t \
-                 using jsonb_populate_record(null::{name}, $1::text::jsonb) as waly_o where {keys}"
+                 using json_populate_record(null::{name}, $1::text::json) as waly_o where {keys}"
             ),
         )
     };
