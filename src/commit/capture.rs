@@ -58,11 +58,12 @@ pub fn capture_query(named: &[String]) -> String {
     )
 }
 
-/// `waly.named_sequence_positions(ARRAY[...])` for `named`.
+/// `waly.named_sequence_positions(ARRAY[...])` for `named`, each an escape string literal (read the same
+/// whatever the session's standard_conforming_strings).
 fn named_positions_call(named: &[String]) -> String {
     let literals: Vec<String> = named
         .iter()
-        .map(|n| format!("'{}'", n.replace('\'', "''")))
+        .map(|n| format!("E'{}'", n.replace('\\', "\\\\").replace('\'', "''")))
         .collect();
     format!(
         "waly.named_sequence_positions(ARRAY[{}]::text[])",
@@ -168,5 +169,27 @@ impl Captured {
             search_path,
             named_sequences,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_sequences_join_the_capture_query_as_escape_literals() {
+        assert_eq!(capture_query(&[]), CAPTURE_QUERY);
+        let q = capture_query(&["public.s".into(), r"it's\odd".into()]);
+        assert!(q.contains("SELECT pg_current_xact_id()::text"), "{q}");
+        assert!(
+            q.ends_with(
+                r"waly.named_sequence_positions(ARRAY[E'public.s', E'it''s\\odd']::text[])"
+            ),
+            "{q}"
+        );
+        assert!(
+            spilled_query(&["s".into()])
+                .ends_with("; SELECT waly.named_sequence_positions(ARRAY[E's']::text[])")
+        );
     }
 }
