@@ -83,25 +83,23 @@ macro_rules! dispatch {
     };
 }
 
-impl AsyncRead for PgStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        dispatch!(self, s => Pin::new(s).poll_read(cx, buf))
-    }
+/// Implements `AsyncRead` for an enum of transports by forwarding the call.
+macro_rules! forward_read {
+    ($ty:ty) => {
+        impl AsyncRead for $ty {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                dispatch!(self, s => Pin::new(s).poll_read(cx, buf))
+            }
+        }
+    };
 }
 
-impl AsyncRead for PgReader {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        dispatch!(self, s => Pin::new(s).poll_read(cx, buf))
-    }
-}
+forward_read!(PgStream);
+forward_read!(PgReader);
 
 /// Implements `AsyncWrite` for an enum of transports by forwarding every call.
 macro_rules! forward_write {
