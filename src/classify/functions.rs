@@ -1,9 +1,13 @@
-//! Built-in functions known not to change data, so that a SELECT calling only these stays a read.
+//! What waly knows of Postgres' built-in functions by name: those known not to change data, so that a
+//! SELECT calling only these stays a read; the large-object writers, which waly refuses (their data is
+//! outside the capture); and the sequence functions whose literal arguments name sequences the record
+//! must position.
 //!
-//! Anything not listed (a user's function, `nextval`, `set_config`, `pg_advisory_lock`, ...) makes the
-//! SELECT "may write": in autocommit waly then wraps it in a transaction and runs the commit protocol,
-//! which costs a little and logs nothing when nothing was written. Missing a read here costs speed; listing
-//! a writer here would lose a write, so the list is conservative and holds only Postgres built-ins.
+//! Anything not listed as read-only (a user's function, `nextval`, `set_config`, `pg_advisory_lock`, ...)
+//! makes the SELECT "may write": in autocommit waly then wraps it in a transaction and runs the commit
+//! protocol, which costs a little and logs nothing when nothing was written. Missing a read here costs
+//! speed; listing a writer here would lose a write, so the list is conservative and holds only Postgres
+//! built-ins. This module never looks at a user's function bodies.
 
 /// True when `name` (as pg_query reports it: `name` or `schema.name`) is a read-only built-in.
 pub fn is_known_read_only(name: &str) -> bool {
