@@ -11,32 +11,75 @@
 
 /// True when `name` (as pg_query reports it: `name` or `schema.name`) is a read-only built-in.
 pub fn is_known_read_only(name: &str) -> bool {
-    let bare = match name.split_once('.') {
-        Some(("pg_catalog", bare)) => bare,
-        Some(_) => return false,
-        None => name,
-    };
-    let bare = bare.to_ascii_lowercase();
-    READ_ONLY.binary_search(&bare.as_str()).is_ok()
+    builtin_name(name).is_some_and(|bare| {
+        READ_ONLY
+            .binary_search(&bare.to_ascii_lowercase().as_str())
+            .is_ok()
+    })
 }
 
 /// True when `name` is a built-in that creates, writes or removes a large object.
 pub fn writes_large_object(name: &str) -> bool {
-    let bare = match name.split_once('.') {
-        Some(("pg_catalog", bare)) => bare,
-        Some(_) => return false,
-        None => name,
-    };
-    LARGE_OBJECT_WRITERS
-        .iter()
-        .any(|(writer, _)| writer.eq_ignore_ascii_case(bare))
+    builtin_name(name).is_some_and(|bare| {
+        LARGE_OBJECT_WRITERS
+            .iter()
+            .any(|(writer, _)| writer.eq_ignore_ascii_case(bare))
+    })
 }
 
-/// Whether `sql` calls a large-object writer where the parse tree's function list does not reach (an
-/// INSERT's VALUES list, say): a name token followed by `(`, bare or qualified by `pg_catalog`. String
-/// literals and comments are tokens of their own, so text that merely mentions a writer does not count.
+/// The name of a function (as pg_query reports it, unquoted names folded) as a built-in's: bare, or
+/// without a `pg_catalog.` qualifier; `None` when another schema qualifies it.
+fn builtin_name(name: &str) -> Option<&str> {
+    match name.split_once('.') {
+        Some(("pg_catalog", bare)) => Some(bare),
+        Some(_) => None,
+        None => Some(name),
+    }
+}
+
+/// `sql` as Postgres' scanner splits it, for finding calls where the parse tree's function list does not
+/// reach (an INSERT's VALUES list, say). String literals and comments are tokens of their own, so text
+/// that merely mentions a function is no call.
+struct Scanned<'a> {
+    sql: &'a str,
+    tokens: Vec<pg_query::protobuf::ScanToken>,
+}
+
+impl<'a> Scanned<'a> {
+    /// `None` when the scanner refuses `sql` (Postgres will report it).
+    fn new(sql: &'a str) -> Option<Scanned<'a>> {
+        Some(Scanned {
+            sql,
+            tokens: pg_query::scan(sql).ok()?.tokens,
+        })
+    }
+
+    fn text(&self, i: usize) -> &'a str {
+        let t = &self.tokens[i];
+        self.sql.get(t.start as usize..t.end as usize).unwrap_or("")
+    }
+
+    fn is(&self, i: usize, token: pg_query::protobuf::Token) -> bool {
+        self.tokens.get(i).is_some_and(|t| t.token == token as i32)
+    }
+
+    /// The calls of built-ins: for each, the index of the function's name token (followed by `(`; bare or
+    /// qualified by `pg_catalog`).
+    fn builtin_calls(&self) -> impl Iterator<Item = usize> + '_ {
+        use pg_query::protobuf::Token;
+        (0..self.tokens.len()).filter(move |&i| {
+            self.is(i, Token::Ident)
+                && self.is(i + 1, Token::Ascii40)
+                && (i < 2
+                    || !self.is(i - 1, Token::Ascii46)
+                    || self.text(i - 2).eq_ignore_ascii_case("pg_catalog"))
+        })
+    }
+}
+
+/// Whether `sql` calls a large-object writer anywhere, the parse tree's function list's blind spots
+/// included.
 pub fn mentions_large_object_writer(sql: &str) -> bool {
-    use pg_query::protobuf::Token;
     let lower = sql.to_ascii_lowercase();
     if !LARGE_OBJECT_WRITERS
         .iter()
@@ -44,22 +87,12 @@ pub fn mentions_large_object_writer(sql: &str) -> bool {
     {
         return false;
     }
-    let Ok(scanned) = pg_query::scan(sql) else {
+    let Some(scanned) = Scanned::new(sql) else {
         return false;
     };
-    let tokens = &scanned.tokens;
-    let text = |i: usize| {
-        let t = &tokens[i];
-        sql.get(t.start as usize..t.end as usize).unwrap_or("")
-    };
-    (0..tokens.len().saturating_sub(1)).any(|i| {
-        tokens[i].token == Token::Ident as i32
-            && tokens[i + 1].token == Token::Ascii40 as i32
-            && writes_large_object(text(i))
-            && (i < 2
-                || tokens[i - 1].token != Token::Ascii46 as i32
-                || text(i - 2).eq_ignore_ascii_case("pg_catalog"))
-    })
+    scanned
+        .builtin_calls()
+        .any(|i| writes_large_object(scanned.text(i)))
 }
 
 /// The sequences `sql` names in a `nextval('...')` or `setval('...', ...)` call (bare or qualified by
@@ -71,26 +104,15 @@ pub fn named_sequences(sql: &str) -> Vec<String> {
     if !lower.contains("nextval") && !lower.contains("setval") {
         return Vec::new();
     }
-    let Ok(scanned) = pg_query::scan(sql) else {
+    let Some(scanned) = Scanned::new(sql) else {
         return Vec::new();
     };
-    let tokens = &scanned.tokens;
-    let text = |i: usize| {
-        let t = &tokens[i];
-        sql.get(t.start as usize..t.end as usize).unwrap_or("")
-    };
     let mut names: Vec<String> = Vec::new();
-    for i in 0..tokens.len().saturating_sub(2) {
-        let function = text(i);
-        let qualified_elsewhere = i >= 2
-            && tokens[i - 1].token == Token::Ascii46 as i32
-            && !text(i - 2).eq_ignore_ascii_case("pg_catalog");
-        if tokens[i].token == Token::Ident as i32
-            && (function.eq_ignore_ascii_case("nextval") || function.eq_ignore_ascii_case("setval"))
-            && !qualified_elsewhere
-            && tokens[i + 1].token == Token::Ascii40 as i32
-            && tokens[i + 2].token == Token::Sconst as i32
-            && let Some(name) = plain_string(text(i + 2))
+    for i in scanned.builtin_calls() {
+        let function = scanned.text(i);
+        if (function.eq_ignore_ascii_case("nextval") || function.eq_ignore_ascii_case("setval"))
+            && scanned.is(i + 2, Token::Sconst)
+            && let Some(name) = plain_string(scanned.text(i + 2))
             && !names.contains(&name)
         {
             names.push(name);
