@@ -25,7 +25,7 @@ async fn connect(url: &str) -> Client {
 }
 
 /// A fresh database with `setup` run in it before waly is installed.
-async fn installed(prefix: &str, setup: &str) -> (String, Client) {
+async fn installed(prefix: &str, setup: &str) -> (TestDb, Client) {
     let pg = postgres();
     let db = pg.create_db(prefix);
     let c = connect(&pg.url(&db)).await;

@@ -29,7 +29,7 @@ async fn connect(url: &str) -> Client {
 /// A database with the example schema, served by a waly that uses `catalog` (a file path).
 struct Domain {
     waly: Waly,
-    db: String,
+    db: TestDb,
 }
 
 impl Domain {

@@ -228,7 +228,7 @@ fn client_that_disconnects_mid_query_does_not_leave_the_query_running() {
     let t = Targets::new("hangup");
     let mut c = RawClient::connect(t.waly.port, &t.waly_db, PG_PASSWORD);
     c.send(&query("select pg_sleep(120) /* abandoned */"));
-    let direct = t.direct_url().replace(&t.direct_db, &t.waly_db);
+    let direct = t.direct_url().replace(&*t.direct_db, &t.waly_db);
     wait_until("the query to start", Duration::from_secs(10), || {
         psql(&direct, "select count(*) from pg_stat_activity where query like '%abandoned%' and pid <> pg_backend_pid()").trim() == "1"
     });

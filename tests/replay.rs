@@ -34,7 +34,7 @@ async fn connect(url: &str) -> Client {
 
 /// A migrated database, a client on it and the log its transactions go to.
 struct Source {
-    db: String,
+    db: TestDb,
     /// The schema created before waly was installed: the target starts from it.
     setup: String,
     c: Client,
@@ -95,7 +95,7 @@ impl Source {
     }
 
     /// A new database with the initial schema only.
-    async fn empty_target(&self) -> (String, Client) {
+    async fn empty_target(&self) -> (TestDb, Client) {
         let pg = postgres();
         let db = pg.create_db("replay_target");
         let c = connect(&pg.url(&db)).await;
@@ -652,7 +652,7 @@ async fn an_identity_value_changed_by_update_stops_replay_loudly() {
     .await;
     s.tx(&["insert into t (v) values ('a')"]).await.unwrap();
     s.tx(&["update t set id = default"]).await.unwrap();
-    let (_, t) = s.empty_target().await;
+    let (_target_db, t) = s.empty_target().await;
     let e = replay::apply_log(&t, &s.log, &ReplayOptions::default())
         .await
         .unwrap_err();
@@ -899,7 +899,7 @@ async fn a_missing_row_stops_set_based_replay_at_its_change() {
         .unwrap();
     s.tx(&["update t set v = 'b'"]).await.unwrap();
     let records = s.records().await;
-    let (_, t) = s.empty_target().await;
+    let (_target_db, t) = s.empty_target().await;
     let first = ReplayOptions {
         until: Some(Position(1)),
         ..ReplayOptions::default()

@@ -24,7 +24,7 @@ async fn connect(url: &str) -> Client {
 /// A database served by its own waly.
 struct Served {
     waly: Waly,
-    db: String,
+    db: TestDb,
 }
 
 impl Served {

@@ -81,11 +81,61 @@ impl Postgres {
         )
     }
 
-    /// Creates a fresh database for one test and returns its name.
-    pub fn create_db(&self, prefix: &str) -> String {
+    /// Creates a fresh database for one test; it is dropped when the test is done with it.
+    pub fn create_db(&self, prefix: &str) -> TestDb {
+        TestDb::create(self.url("postgres"), prefix)
+    }
+}
+
+/// A database made for one test, named `<prefix>_<unique>`. Dropping it drops the database (hundreds of
+/// tests share the cluster, and each database costs several MB of disk), unless the test failed: then it
+/// is kept for a look at what the test left.
+pub struct TestDb {
+    name: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    fn create(admin_url: String, prefix: &str) -> TestDb {
         let name = format!("{prefix}_{}", unique());
-        psql(&self.url("postgres"), &format!("CREATE DATABASE {name}"));
-        name
+        psql(&admin_url, &format!("CREATE DATABASE {name}"));
+        TestDb { name, admin_url }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::ops::Deref for TestDb {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl PartialEq<TestDb> for String {
+    fn eq(&self, db: &TestDb) -> bool {
+        *self == db.name
+    }
+}
+
+impl std::fmt::Display for TestDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        // Best effort: a prepared transaction a test left behind keeps the database, which is harmless.
+        let _ = psql_output(
+            &self.admin_url,
+            &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name),
+        );
     }
 }
 
@@ -291,8 +341,8 @@ impl Drop for Waly {
 /// the same script can run on both.
 pub struct Targets {
     pub waly: Waly,
-    pub direct_db: String,
-    pub waly_db: String,
+    pub direct_db: TestDb,
+    pub waly_db: TestDb,
 }
 
 impl Targets {
@@ -566,10 +616,8 @@ impl PrivatePostgres {
         )
     }
 
-    pub fn create_db(&self, prefix: &str) -> String {
-        let name = format!("{prefix}_{}", unique());
-        psql(&self.url("postgres"), &format!("CREATE DATABASE {name}"));
-        name
+    pub fn create_db(&self, prefix: &str) -> TestDb {
+        TestDb::create(self.url("postgres"), prefix)
     }
 
     /// Options for a waly in front of this cluster.
