@@ -427,6 +427,44 @@ async fn sequences_named_in_nextval_and_setval_rebuild_to_their_live_positions()
     c.batch_execute("insert into item (v) values ('c')")
         .await
         .unwrap();
+    // A setval that moves a sequence back is replayed as it was: a table emptied and its ids reset (an
+    // owned sequence, named as a literal or through pg_get_serial_sequence), a standalone one reset.
+    c.batch_execute(
+        "create table ser (id serial primary key, v text);
+         insert into ser (v) select 'x' from generate_series(1, 5);
+         create table big (id bigserial primary key);
+         insert into big select from generate_series(1, 9);",
+    )
+    .await
+    .unwrap();
+    c.batch_execute(
+        "delete from ser; select setval('ser_id_seq', 1, false);
+         select setval('hibernate_sequence', 1, false);",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("insert into ser (v) values ('y')")
+        .await
+        .unwrap();
+    c.batch_execute(
+        "begin; delete from big where id > 2;
+         select setval(pg_get_serial_sequence('big', 'id'), max(id)) from big;
+         insert into big default values; commit;",
+    )
+    .await
+    .unwrap();
+    let live: (i64, i64, i64) = {
+        let row = c
+            .query_one(
+                "select (select last_value from ser_id_seq), (select last_value from big_id_seq),
+                        (select last_value from hibernate_sequence)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(live, (1, 3, 1), "the sequences were moved back");
     s.assert_replay_equals_live();
 }
 

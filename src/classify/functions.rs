@@ -95,6 +95,19 @@ pub fn mentions_large_object_writer(sql: &str) -> bool {
         .any(|i| writes_large_object(scanned.text(i)))
 }
 
+/// Whether `sql` calls `setval` (bare or qualified by `pg_catalog`), whatever its arguments: such a
+/// statement may move a sequence back, which replay must then follow.
+pub fn calls_setval(sql: &str) -> bool {
+    if !sql.to_ascii_lowercase().contains("setval") {
+        return false;
+    }
+    Scanned::new(sql).is_some_and(|scanned| {
+        scanned
+            .builtin_calls()
+            .any(|i| scanned.text(i).eq_ignore_ascii_case("setval"))
+    })
+}
+
 /// The sequences `sql` names in a `nextval('...')` or `setval('...', ...)` call (bare or qualified by
 /// `pg_catalog`), as written in the string literal (`'public.orders_seq'`, `'"MySeq"'`). A name passed
 /// as a parameter (`nextval($1)`) is not known here.

@@ -7,7 +7,7 @@
 
 mod cache;
 mod functions;
-pub use functions::{is_large_object_writer_oid, named_sequences};
+pub use functions::{calls_setval, is_large_object_writer_oid, named_sequences};
 mod normalize;
 mod stats;
 
@@ -582,6 +582,13 @@ mod tests {
             ["hib_seq", "public.\"Odd\"'s"]
         );
         assert!(named_sequences("select 1").is_empty());
+        assert!(calls_setval(
+            "select pg_catalog.setval(pg_get_serial_sequence('t', 'id'), 1, false)"
+        ));
+        assert!(calls_setval("SELECT SETVAL($1, $2)"));
+        assert!(!calls_setval(
+            "select nextval('setval_seq'), 'setval(x)', other.setval(1) -- setval(2)"
+        ));
         assert_eq!(
             classify("drop database if exists \"Shop\"; alter database a rename to b")
                 .databases_replaced,

@@ -173,6 +173,16 @@ async fn changes(
     );
     let covered = covered_ddl(records);
     let mut positions = Positions::default();
+    for (position, record) in records {
+        if record
+            .statements
+            .iter()
+            .any(|s| crate::classify::calls_setval(&s.sql))
+        {
+            // A setval may have moved a sequence back: this record's positions stand.
+            positions.allow_decrease(*position);
+        }
+    }
     let mut i = 0;
     while i < all.len() {
         let at = all[i];

@@ -6,10 +6,11 @@
 //! is not transactional: a batch rolled back leaves its sequences set, and the replay run again sets them
 //! anew.
 //!
-//! A sequence only moves forward here, except in a record that truncated its table (`RESTART IDENTITY`):
-//! two concurrent transactions read their positions at commit and may reach the log in the other order,
-//! so a later record can carry an older position. The larger one (of the batch's, and the target's
-//! current value) wins. A restart by DDL is replayed as that DDL, which moves the target back itself.
+//! A sequence only moves forward here, except in a record that truncated its table (`RESTART IDENTITY`)
+//! or called `setval` (a table emptied and its ids reset, a dump restored): two concurrent transactions
+//! read their positions at commit and may reach the log in the other order, so a later record can carry
+//! an older position. The larger one (of the batch's, and the target's current value) wins. A restart by
+//! DDL is replayed as that DDL, which moves the target back itself.
 
 use super::ReplayError;
 use super::apply::{At, refused};
@@ -21,8 +22,8 @@ use crate::record::Change;
 pub struct Positions<'a> {
     /// (`"schema"."name"`, last_value, is_called, may move back, the change), one per sequence.
     pending: Vec<(String, i64, bool, bool, At<'a>)>,
-    /// The record (position) whose sequence positions may move a sequence back.
-    decrease_allowed: Option<crate::log::Position>,
+    /// The records (positions) whose sequence positions may move a sequence back.
+    decrease_allowed: Vec<crate::log::Position>,
 }
 
 impl<'a> Positions<'a> {
@@ -42,7 +43,7 @@ impl<'a> Positions<'a> {
             unreachable!("only sequence changes are kept")
         };
         let sequence = format!("{}.{}", ident(schema), ident(name));
-        let may_decrease = self.decrease_allowed == Some(at.0);
+        let may_decrease = self.decrease_allowed.contains(&at.0);
         let (mut value, mut called) = (*last_value, *is_called);
         if let Some(i) = self.pending.iter().position(|(s, ..)| *s == sequence) {
             let (_, v, c, _, _) = self.pending.remove(i);
@@ -54,9 +55,12 @@ impl<'a> Positions<'a> {
             .push((sequence, value, called, may_decrease, at));
     }
 
-    /// The sequence positions of the record at `position` may move sequences back (it truncated tables).
+    /// The sequence positions of the record at `position` may move sequences back (it truncated tables
+    /// or called `setval`).
     pub fn allow_decrease(&mut self, position: crate::log::Position) {
-        self.decrease_allowed = Some(position);
+        if !self.decrease_allowed.contains(&position) {
+            self.decrease_allowed.push(position);
+        }
     }
 
     /// Sets every position kept.
