@@ -317,6 +317,78 @@ async fn a_transaction_of_100000_rows_is_one_record() {
     s.assert_replay_equals_live();
 }
 
+/// A cursor declared WITH HOLD runs its query again when its transaction commits, after waly read the
+/// capture: a write it makes there fails the COMMIT (0A000) instead of being committed unlogged. A WITH
+/// HOLD cursor over a query that does not write works as it does directly.
+#[tokio::test]
+async fn writes_a_with_hold_cursor_makes_at_commit_are_refused() {
+    let s = Served::new("wp_with_hold");
+    let url = s.url();
+    psql(
+        &url,
+        "create table hold_t (id int primary key);
+         create table counter (id int primary key, n int);
+         insert into counter values (1, 0);
+         create function put(i int) returns int language sql as
+           $$ insert into hold_t values (i) returning i $$;
+         create function bump() returns int language sql as
+           $$ update counter set n = n + 1 returning n $$;",
+    );
+    let c = connect(&url).await;
+    let before = s.waly.log_end().await;
+    let refused = |e: tokio_postgres::Error| {
+        let db = e.as_db_error().expect("a Postgres error").clone();
+        assert_eq!(db.code().code(), "0A000", "{db:?}");
+        assert!(
+            db.message().contains("while the transaction commits"),
+            "{}",
+            db.message()
+        );
+        assert!(db.hint().is_some_and(|h| h.contains("WITH HOLD")), "{db:?}");
+    };
+    // In autocommit, the whole query runs at the statement's own COMMIT.
+    refused(
+        c.batch_execute(
+            "declare c1 cursor with hold for select put(g) from generate_series(1, 3) g",
+        )
+        .await
+        .unwrap_err(),
+    );
+    // In a transaction block: fetched rows are captured; the rest of the query, run at COMMIT, is
+    // refused.
+    c.batch_execute(
+        "begin; declare c2 cursor with hold for select bump() from generate_series(1, 3);
+         fetch 1 from c2",
+    )
+    .await
+    .unwrap();
+    refused(c.batch_execute("commit").await.unwrap_err());
+    let counts = c
+        .query_one(
+            "select (select count(*) from hold_t), (select n from counter)",
+            &[],
+        )
+        .await
+        .expect("the session survives");
+    assert_eq!(
+        (counts.get::<_, i64>(0), counts.get::<_, i32>(1)),
+        (0, 0),
+        "nothing was committed"
+    );
+    assert_eq!(s.waly.log_end().await, before, "nothing was logged");
+    // A WITH HOLD cursor that only reads outlives its transaction, as directly.
+    c.batch_execute("insert into hold_t values (7)")
+        .await
+        .unwrap();
+    c.batch_execute("declare c3 cursor with hold for select id from hold_t")
+        .await
+        .unwrap();
+    let held = c.query_one("fetch all from c3", &[]).await.unwrap();
+    assert_eq!(held.get::<_, i32>(0), 7);
+    c.batch_execute("close c3").await.unwrap();
+    s.assert_replay_equals_live();
+}
+
 /// Runs `sql` and checks that waly refused it: 0A000, waly's message, a hint.
 async fn assert_refused_by_waly(c: &tokio_postgres::Client, sql: &str) {
     let err = c.batch_execute(sql).await.unwrap_err();

@@ -395,6 +395,10 @@ fn kind_of(node: &NodeEnum) -> StatementKind {
             }
         }
         NodeEnum::VariableShowStmt(_) => Read,
+        // A cursor WITH HOLD runs its query (again) when its transaction commits: in autocommit, that is
+        // the statement's own transaction. pg_query's function list does not reach a cursor's query, so
+        // any function there may write.
+        NodeEnum::DeclareCursorStmt(d) if d.options & CURSOR_OPT_HOLD != 0 => Unknown,
         NodeEnum::TransactionStmt(t) => Transaction(match t.kind() {
             TransactionStmtKind::TransStmtBegin | TransactionStmtKind::TransStmtStart => {
                 TransactionControl::Begin
@@ -431,6 +435,9 @@ fn kind_of(node: &NodeEnum) -> StatementKind {
         _ => Ddl,
     }
 }
+
+/// DeclareCursorStmt's option bit for WITH HOLD (Postgres' parsenodes.h).
+const CURSOR_OPT_HOLD: i32 = 0x0020;
 
 /// `false`, `off`, `0` or `no` as an option argument.
 fn is_false(arg: &NodeEnum) -> bool {
@@ -582,6 +589,15 @@ mod tests {
             ["hib_seq", "public.\"Odd\"'s"]
         );
         assert!(named_sequences("select 1").is_empty());
+        assert_eq!(
+            classify("declare c cursor with hold for select put(1)").statements,
+            [StatementKind::Unknown],
+            "a WITH HOLD cursor's query runs at COMMIT"
+        );
+        assert_eq!(
+            classify("declare c cursor for select put(1)").statements,
+            [StatementKind::Session]
+        );
         assert!(calls_setval(
             "select pg_catalog.setval(pg_get_serial_sequence('t', 'id'), 1, false)"
         ));

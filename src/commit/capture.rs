@@ -23,7 +23,8 @@ pub const NOT_PREPARABLE: &str = "WA001";
 /// prepared transactions disabled), and makes the commit wait for Postgres' WAL flush even where the
 /// session turned `synchronous_commit` off: once waly tells the log a transaction committed, a crash of
 /// Postgres must not take it back. Last, the role in effect (`current_user`), for the record, and the
-/// search_path where the capture spilled, for its DDL.
+/// search_path where the capture spilled, for its DDL. It also sets `waly.captured`, after which the
+/// capture trigger refuses row changes (migration 0012: a WITH HOLD cursor's query run again at COMMIT).
 /// `bench/layers.sh` runs a copy of this query and of [`first_round_trip`]: change them together.
 pub const CAPTURE_QUERY: &str = "SET CONSTRAINTS ALL IMMEDIATE; \
      SELECT pg_current_xact_id_if_assigned()::text, \
@@ -33,8 +34,9 @@ pub const CAPTURE_QUERY: &str = "SET CONSTRAINTS ALL IMMEDIATE; \
             CASE WHEN current_setting('waly.capture_tables', true) <> '' \
                  THEN waly.sequence_positions(current_setting('waly.capture_tables', true)) END, \
             pg_my_temp_schema() <> 0 OR current_setting('max_prepared_transactions') = '0', \
-            CASE WHEN current_setting('synchronous_commit') = 'off' \
-                 THEN set_config('synchronous_commit', 'local', true) END, \
+            concat(set_config('waly.captured', 'on', true), \
+                   CASE WHEN current_setting('synchronous_commit') = 'off' \
+                        THEN set_config('synchronous_commit', 'local', true) END), \
             current_user::text, \
             CASE WHEN current_setting('waly.capture_spilled', true) = 'on' \
                  THEN current_setting('search_path') END";

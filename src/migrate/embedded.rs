@@ -78,4 +78,11 @@ pub const MIGRATIONS: &[Migration] = &[
         // Disables and enables the event triggers while it refreshes every table's sequences.
         requires_superuser: true,
     },
+    Migration {
+        version: 12,
+        name: "no_writes_after_capture",
+        sql: include_str!("../../migrations/0012_no_writes_after_capture.sql"),
+        // Disables and enables the event triggers while it replaces the capture trigger's function.
+        requires_superuser: true,
+    },
 ];
