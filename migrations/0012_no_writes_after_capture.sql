@@ -64,5 +64,20 @@ begin
 end
 $$;
 
+-- As in migration 0008, and PREPARE TRANSACTION refuses a transaction that created a cursor WITH HOLD:
+-- such a transaction (any holdable cursor open, to keep the check cheap) commits directly.
+create or replace function waly.assert_preparable() returns void
+language plpgsql as $$
+begin
+  if coalesce(pg_catalog.current_setting('waly.capture', true), '') = ''
+     or pg_catalog.current_setting('waly.capture_spilled', true) = 'on'
+     or pg_catalog.pg_my_temp_schema() <> 0
+     or pg_catalog.current_setting('max_prepared_transactions') = '0'
+     or exists (select from pg_catalog.pg_cursors where is_holdable) then
+    raise exception 'waly: this transaction is not prepared in the first round trip' using errcode = 'WA001';
+  end if;
+end
+$$;
+
 alter event trigger waly_capture_ddl enable;
 alter event trigger waly_capture_drop enable;

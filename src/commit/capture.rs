@@ -19,8 +19,9 @@ pub const NOT_PREPARABLE: &str = "WA001";
 
 /// Fires deferred constraints, then reads the transaction id, the commit time, the buffer, the spill flag
 /// and the sequence positions (`waly.sequence_positions()` is called only when the transaction inserted),
-/// whether PREPARE TRANSACTION is impossible here (the session used temporary objects, or Postgres has
-/// prepared transactions disabled), and makes the commit wait for Postgres' WAL flush even where the
+/// whether PREPARE TRANSACTION is impossible here (the session used temporary objects or has a WITH HOLD
+/// cursor open, or Postgres has prepared transactions disabled), and makes the commit wait for Postgres'
+/// WAL flush even where the
 /// session turned `synchronous_commit` off: once waly tells the log a transaction committed, a crash of
 /// Postgres must not take it back. Last, the role in effect (`current_user`), for the record, and the
 /// search_path where the capture spilled, for its DDL. It also sets `waly.captured`, after which the
@@ -33,7 +34,8 @@ pub const CAPTURE_QUERY: &str = "SET CONSTRAINTS ALL IMMEDIATE; \
             current_setting('waly.capture_spilled', true), \
             CASE WHEN current_setting('waly.capture_tables', true) <> '' \
                  THEN waly.sequence_positions(current_setting('waly.capture_tables', true)) END, \
-            pg_my_temp_schema() <> 0 OR current_setting('max_prepared_transactions') = '0', \
+            pg_my_temp_schema() <> 0 OR current_setting('max_prepared_transactions') = '0' \
+                OR EXISTS (SELECT FROM pg_cursors WHERE is_holdable), \
             concat(set_config('waly.captured', 'on', true), \
                    CASE WHEN current_setting('synchronous_commit') = 'off' \
                         THEN set_config('synchronous_commit', 'local', true) END), \
