@@ -190,7 +190,7 @@ impl LogRouter for KafkaLogs {
     }
 
     fn settled_since(&self, started: std::time::Instant) -> bool {
-        started.elapsed() >= self.settings.append_timeout * 2 + Duration::from_secs(1)
+        started.elapsed() >= settle_time(self.settings.append_timeout)
     }
 
     fn stats(&self) -> LogStats {
@@ -368,10 +368,8 @@ impl Log for KafkaLog {
         }
     }
 
-    /// librdkafka stops retrying a record at the append timeout; twice that later, any request still on
-    /// the wire has been answered or dropped, and the topic says whether the record is in.
     fn in_doubt_settles_after(&self) -> Option<Duration> {
-        Some(self.settings.append_timeout * 2 + Duration::from_secs(1))
+        Some(settle_time(self.settings.append_timeout))
     }
 }
 
@@ -449,6 +447,13 @@ impl LogReader for KafkaLog {
     fn describe(&self) -> String {
         format!("Kafka topic {} at {}", self.topic, self.settings.brokers)
     }
+}
+
+/// How long after an append began its outcome is settled: librdkafka stops retrying a record at the
+/// append timeout; twice that later, any request still on the wire has been answered or dropped, and the
+/// topic says whether the record is in.
+fn settle_time(append_timeout: Duration) -> Duration {
+    append_timeout * 2 + Duration::from_secs(1)
 }
 
 fn now_micros() -> i64 {
