@@ -389,6 +389,56 @@ async fn writes_a_with_hold_cursor_makes_at_commit_are_refused() {
     s.assert_replay_equals_live();
 }
 
+/// A transaction whose record exceeds the file log's limit (`log.file.max_record_bytes`, lowered here)
+/// is rolled back with 54000 and a hint that says what to do; the session goes on, and smaller ones are
+/// logged.
+#[tokio::test]
+async fn a_record_over_the_logs_limit_rolls_back_with_54000() {
+    let db = postgres().create_db("wp_record_limit");
+    let waly = Waly::start_with(WalyOptions {
+        extra_yaml: "log:\n  file:\n    max_record_bytes: 65536\n".into(),
+        kafka: None,
+        ..WalyOptions::default()
+    });
+    let c = connect(&waly.url(&db)).await;
+    c.batch_execute("create table wide (id int primary key, body text)")
+        .await
+        .unwrap();
+    let before = waly.log_end().await;
+    let err = c
+        .batch_execute(
+            "insert into wide select g, repeat('x', 100) from generate_series(1, 2000) g",
+        )
+        .await
+        .unwrap_err();
+    let db_error = err.as_db_error().expect("a Postgres error");
+    assert_eq!(db_error.code().code(), "54000", "{db_error:?}");
+    assert!(
+        db_error
+            .message()
+            .contains("exceeds the log's limit of 65536 bytes"),
+        "{}",
+        db_error.message()
+    );
+    assert!(
+        db_error
+            .hint()
+            .is_some_and(|h| h.contains("split the transaction")),
+        "{db_error:?}"
+    );
+    assert_eq!(waly.log_end().await, before, "nothing was logged");
+    let rows: i64 = c
+        .query_one("select count(*) from wide", &[])
+        .await
+        .expect("the session goes on")
+        .get(0);
+    assert_eq!(rows, 0, "nothing was committed");
+    c.batch_execute("insert into wide select g, 'small' from generate_series(1, 10) g")
+        .await
+        .unwrap();
+    assert_eq!(waly.log_end().await, before + 1);
+}
+
 /// Runs `sql` and checks that waly refused it: 0A000, waly's message, a hint.
 async fn assert_refused_by_waly(c: &tokio_postgres::Client, sql: &str) {
     let err = c.batch_execute(sql).await.unwrap_err();

@@ -75,7 +75,7 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
                     // A Kafka topic holds one database's records (and its outcome records) already.
                     args.database
                         .as_deref()
-                        .filter(|_| matches!(config.log, LogBackend::File)),
+                        .filter(|_| matches!(config.log, LogBackend::File(_))),
                 );
                 tokio::select! {
                     r = tail => r,

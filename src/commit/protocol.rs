@@ -315,6 +315,10 @@ impl Lost {
 pub(super) fn not_logged(e: &crate::log::LogError) -> PgError {
     let hint = match e.sqlstate().0 {
         "53100" => "Free space where waly keeps its log (data_dir); reads keep working meanwhile.",
+        "54000" => {
+            "A record holds its transaction's statements and every row image: split the transaction into \
+             smaller ones, or raise the limit (log.file.max_record_bytes for the file log)."
+        }
         _ => "Reads keep working; writes resume once the log accepts appends again.",
     };
     PgError::error(

@@ -49,7 +49,16 @@ pub(super) struct RawLog {
     #[serde(default)]
     pub backend: Option<String>,
     #[serde(default)]
+    pub file: Option<RawFileLog>,
+    #[serde(default)]
     pub kafka: Option<RawKafka>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFileLog {
+    /// The largest record (one transaction) the file log takes, in bytes.
+    pub max_record_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -44,9 +44,32 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogBackend {
     /// The embedded file log in `data_dir/log`, one log for every database.
-    File,
+    File(FileLogSettings),
     /// Kafka: one single-partition topic per database.
     Kafka(KafkaSettings),
+}
+
+/// What the embedded file log is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileLogSettings {
+    /// The largest record the log takes: one transaction's statements and row images. A transaction
+    /// whose record is larger is rolled back with 54000.
+    pub max_record_bytes: usize,
+}
+
+impl FileLogSettings {
+    /// The default limit on a record: 256 MiB.
+    pub const DEFAULT_MAX_RECORD_BYTES: usize = 256 << 20;
+    /// The file format's limit on a record: 1 GiB.
+    pub const LARGEST_MAX_RECORD_BYTES: usize = 1 << 30;
+}
+
+impl Default for FileLogSettings {
+    fn default() -> Self {
+        FileLogSettings {
+            max_record_bytes: Self::DEFAULT_MAX_RECORD_BYTES,
+        }
+    }
 }
 
 /// How waly reaches Kafka and names its topics.
@@ -317,7 +340,28 @@ fn resolve_log(
         (None, None) => "file".to_owned(),
     };
     match backend.as_str() {
-        "file" => Ok(LogBackend::File),
+        "file" => {
+            let max = raw
+                .file
+                .and_then(|f| f.max_record_bytes)
+                .map_or(Ok(FileLogSettings::DEFAULT_MAX_RECORD_BYTES), |n| {
+                    usize::try_from(n)
+                        .ok()
+                        .filter(|&n| (1024..=FileLogSettings::LARGEST_MAX_RECORD_BYTES).contains(&n))
+                        .ok_or_else(|| {
+                            at(
+                                "max_record_bytes",
+                                format!(
+                                    "log.file.max_record_bytes {n} is out of range: it must be from 1024 to {} (1 GiB, the file format's limit)",
+                                    FileLogSettings::LARGEST_MAX_RECORD_BYTES
+                                ),
+                            )
+                        })
+                })?;
+            Ok(LogBackend::File(FileLogSettings {
+                max_record_bytes: max,
+            }))
+        }
         "kafka" => {
             let kafka = raw.kafka.unwrap_or(file::RawKafka {
                 brokers: None,
@@ -489,7 +533,24 @@ mod tests {
     fn the_log_backend_is_the_file_log_unless_kafka_is_chosen() {
         assert_eq!(
             load_text(GOOD, &Overrides::default()).unwrap().log,
-            LogBackend::File
+            LogBackend::File(FileLogSettings::default())
+        );
+        let small = format!("{GOOD}log:\n  file:\n    max_record_bytes: 65536\n");
+        assert_eq!(
+            load_text(&small, &Overrides::default()).unwrap().log,
+            LogBackend::File(FileLogSettings {
+                max_record_bytes: 65536
+            })
+        );
+        let e = load_text(
+            &format!("{GOOD}log:\n  file:\n    max_record_bytes: 2000000000\n"),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("max_record_bytes 2000000000 is out of range"),
+            "{e}"
         );
         let kafka = format!(
             "{GOOD}log:\n  backend: kafka\n  kafka:\n    brokers: k1:9092,k2:9092\n    append_timeout_ms: 2500\n"

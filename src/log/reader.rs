@@ -92,7 +92,7 @@ pub fn open_reader(
     database: Option<&str>,
 ) -> Result<Box<dyn LogReader>, LogError> {
     match &config.log {
-        LogBackend::File => Ok(Box::new(FileLog::open_read_only(FileLog::dir_in(
+        LogBackend::File(_) => Ok(Box::new(FileLog::open_read_only(FileLog::dir_in(
             &config.data_dir,
         ))?)),
         LogBackend::Kafka(settings) => {

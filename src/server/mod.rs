@@ -256,14 +256,17 @@ impl Server {
 /// created when the database is first used).
 async fn open_logs(config: &Config) -> Result<Arc<dyn LogRouter>, ServerError> {
     match &config.log {
-        LogBackend::File => {
+        LogBackend::File(settings) => {
             let dir = FileLog::dir_in(&config.data_dir);
-            let log =
-                tokio::task::spawn_blocking(move || FileLog::open(dir, FileLogConfig::default()))
-                    .await
-                    .map_err(|e| LogError::Unavailable {
-                        detail: e.to_string(),
-                    })??;
+            let file_config = FileLogConfig {
+                max_record_bytes: settings.max_record_bytes,
+                ..FileLogConfig::default()
+            };
+            let log = tokio::task::spawn_blocking(move || FileLog::open(dir, file_config))
+                .await
+                .map_err(|e| LogError::Unavailable {
+                    detail: e.to_string(),
+                })??;
             Ok(Arc::new(SharedLog(Arc::new(log))))
         }
         LogBackend::Kafka(settings) => {
