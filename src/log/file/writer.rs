@@ -150,6 +150,11 @@ impl Writer {
             .stats
             .bytes
             .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        if self.buf.capacity() as u64 > 2 * self.max_batch_bytes {
+            // A record larger than a batch (one big transaction) must not keep its size in memory for
+            // the writer's life.
+            self.buf = Vec::new();
+        }
         for (i, request) in batch.drain(..).enumerate() {
             let entry = Entry {
                 position: Position(first_position + i as u64),
