@@ -4,6 +4,16 @@ mod cli;
 
 use clap::Parser;
 
+/// jemalloc, with its background thread purging freed pages, hands the memory a large transaction used
+/// back to the system within seconds: after a 1,000,000-row UPDATE (a 200 MB record) waly went back to
+/// 27 MB resident, where glibc's malloc kept 587 MB.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read at its start (tikv-jemalloc-sys prefixes its symbols with `_rjem_`).
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static JEMALLOC_OPTIONS: &[u8; 23] = b"background_thread:true\0";
+
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     match cli::run(args) {
